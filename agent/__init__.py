@@ -1,0 +1,1 @@
+"""The Choreographer agent: world model, exploration, skills and their actor-critics."""

@@ -1,0 +1,98 @@
+"""Actor-critic trained in imagination (spec agent.md 5.5-5.7, 7.2).
+
+One class serves the exploration behaviour (input: the model feature) and the skill behaviour
+(input: concat(feature, skill one-hot)); ``cond_dim`` is the width of the conditioning vector.
+Imagined sequences are time-major: (H+1, N, ...), index 0 the start state.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from models.mlp import ActorHead, MSEHead
+from models.normalise import StreamNorm
+from models.optim import Optimizer, trainable
+from models.returns import lambda_return, make_target, update_target
+from models.rssm import RSSM, State, imagine
+
+RewardFn = Callable[[State, torch.Tensor], torch.Tensor]
+
+
+class ActorCritic(nn.Module):
+    def __init__(self, feat_dim: int, action_dim: int, actor: dict, critic: dict, actor_opt: dict,
+                 critic_opt: dict, reward_norm: dict, discount: float = 0.99, discount_lambda: float = 0.95,
+                 actor_ent: float = 0.0, slow_target: bool = True, slow_target_update: int = 100,
+                 slow_target_fraction: float = 1.0, cond_dim: int = 0, prefix: str = ""):
+        super().__init__()
+        in_dim = feat_dim + cond_dim
+        self.actor = ActorHead(in_dim, action_dim, actor["layers"], actor["units"], actor["norm"], actor["min_std"])
+        self.critic = MSEHead(in_dim, 1, critic["layers"], critic["units"], critic["norm"])
+        self.target_critic = make_target(self.critic) if slow_target else self.critic
+        self.reward_norm = StreamNorm(**reward_norm)
+        self.actor_opt = Optimizer(f"{prefix}actor", self.actor.parameters(), **actor_opt)
+        self.critic_opt = Optimizer(f"{prefix}critic", self.critic.parameters(), **critic_opt)
+        self.discount, self.lambda_ = discount, discount_lambda
+        self.actor_ent = actor_ent
+        self.slow_target = slow_target
+        self.slow_target_update, self.slow_target_fraction = slow_target_update, slow_target_fraction
+        self.prefix = prefix
+        self.updates = 0
+
+    def policy_input(self, feat: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        if cond is None:
+            return feat
+        return torch.cat([feat, cond.expand(*feat.shape[:-1], cond.shape[-1])], -1)
+
+    def imagine(self, rssm: RSSM, start: State, horizon: int, cond: torch.Tensor | None = None) -> State:
+        """Imagined states (H+1, N, ...) under this actor; ``cond`` (N, C) is held fixed."""
+        def policy(feat: torch.Tensor, _t: int) -> torch.Tensor:
+            return self.actor(self.policy_input(feat.detach(), cond)).sample()
+
+        states, _ = imagine(rssm, policy, start, horizon)
+        return states
+
+    def update(self, rssm: RSSM, start: State, horizon: int, reward_fn: RewardFn,
+               cond: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One actor and one critic step on a fresh imagined rollout from ``start`` (N, ...)."""
+        p = self.prefix
+        with trainable(self.actor):
+            states = self.imagine(rssm, start, horizon, cond)
+            feat = rssm.feat(states)
+            inputs = self.policy_input(feat, cond)
+            reward, metrics = self.reward_norm(reward_fn(states, feat), prefix=f"{p}reward")
+            target, weight, value = self.targets(inputs, reward)
+            ent = self.actor(inputs[:-2].detach()).entropy()
+            objective = target[1:] + self.actor_ent * ent
+            actor_loss = -(weight[:-2] * objective).mean()
+            metrics.update(self.actor_opt(actor_loss))
+        with trainable(self.critic):
+            dist = self.critic(inputs[:-1].detach())
+            critic_loss = -(dist.log_prob(target.detach().unsqueeze(-1)) * weight[:-1]).mean()
+            metrics.update(self.critic_opt(critic_loss))
+        if self.slow_target:
+            update_target(self.target_critic, self.critic, self.updates, self.slow_target_update,
+                          self.slow_target_fraction)
+        self.updates += 1
+        metrics.update({
+            f"{p}critic_slow": value.mean(), f"{p}critic_target": target.detach().mean(),
+            f"{p}actor_ent": ent.detach().mean(), f"{p}actor_ent_scale": torch.tensor(self.actor_ent),
+            f"{p}critic": dist.mean.detach().mean(),
+        })
+        return metrics
+
+    def targets(self, inputs: torch.Tensor, reward: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Lambda-returns (H, N), weights (H+1, N) = discount^t, and target-critic values (H+1, N)."""
+        value = self.target_critic(inputs).mean.squeeze(-1)
+        discount = torch.full_like(reward, self.discount)
+        target = lambda_return(reward, value, discount, self.lambda_)
+        weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]], 0), 0).detach()
+        return target, weight, value.detach()
+
+    def get_extra_state(self) -> dict:
+        return {"updates": self.updates}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.updates = int(state["updates"])

@@ -1,0 +1,58 @@
+"""Exploration signals (spec agent.md 6, 7.3).
+
+* ``LBSHead``: predicts the per-step latent Bayesian surprise KL(post || prior) from the model
+  feature; its prediction on imagined states is the exploration reward.
+* ``particle_entropy_reward``: the APT-style k-nearest-neighbour entropy reward over imagined
+  deterministic states, computed in row chunks so memory stays bounded (decision 5).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.mlp import MSEHead
+from models.optim import Optimizer, trainable
+
+
+class LBSHead(nn.Module):
+    def __init__(self, feat_dim: int, layers: int, units: int, norm: str, opt: dict):
+        super().__init__()
+        self.head = MSEHead(feat_dim, 1, layers, units, norm)
+        self.opt = Optimizer("lbs", self.head.parameters(), **opt)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        """Predicted surprise (...,) for features (..., F)."""
+        return self.head(feat).mean.squeeze(-1)
+
+    def update(self, feat: torch.Tensor, kl: torch.Tensor) -> dict[str, torch.Tensor]:
+        with trainable(self.head):
+            loss = -self.head(feat.detach()).log_prob(kl.detach().unsqueeze(-1)).mean()
+            return self.opt(loss)
+
+
+@torch.no_grad()
+def particle_entropy_reward(points: torch.Tensor, k: int = 30, clip: float = 1e-4,
+                            chunk_elements: int = 1 << 25) -> torch.Tensor:
+    """Mean distance to the k nearest neighbours (the point itself included), each distance
+    reduced by ``clip`` and floored at 0, for every row of ``points`` (M, D) -> (M,).
+
+    Squared distances come from matrix products, ``chunk_elements`` entries of the distance matrix
+    at a time, so the full (M, M) matrix never exists. Points are centred first to keep the
+    round-off of ||a||^2 + ||b||^2 - 2 a.b small, and each point's distance to itself is set to
+    exactly 0.
+    """
+    points = points.float()
+    points = points - points.mean(0, keepdim=True)
+    total = points.shape[0]
+    k = min(k, total)
+    sq_norm = points.pow(2).sum(-1)
+    rows = max(1, chunk_elements // total)
+    out = torch.empty(total, device=points.device)
+    for start in range(0, total, rows):
+        block = points[start:start + rows]
+        sq_dist = torch.addmm(sq_norm[start:start + rows, None] + sq_norm[None, :], block, points.t(), alpha=-2)
+        sq_dist.diagonal(offset=start).zero_()
+        nearest = sq_dist.topk(k, dim=-1, largest=False).values
+        distance = nearest.clamp(min=0).sqrt()
+        out[start:start + rows] = (distance - clip).clamp(min=0).mean(-1)
+    return out

@@ -1,0 +1,154 @@
+"""Recurrent state-space model with discrete latents (spec agent.md 4.2).
+
+A latent state is a dict of tensors: ``logit`` and ``stoch`` of shape (..., stoch, discrete) and
+``deter`` of shape (..., deter). The feature handed to every head is concat(flat stoch, deter).
+``observe`` and ``imagine`` take and return batch-major (B, T, ...) tensors and scan time-major.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from models.distributions import OneHotCategorical, entropy_categorical, kl_categorical
+from models.mlp import norm_layer
+
+State = dict[str, torch.Tensor]
+
+
+class LayerNormGRUCell(nn.Module):
+    """DreamerV2's GRU: one Linear on concat(x, h) -> LayerNorm -> gates; update gate biased by -1."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, update_bias: float = -1.0):
+        super().__init__()
+        self.linear = nn.Linear(input_dim + hidden_dim, 3 * hidden_dim)
+        self.norm = nn.LayerNorm(3 * hidden_dim)
+        self.update_bias = update_bias
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        parts = self.norm(self.linear(torch.cat([x, h], -1)))
+        reset, cand, update = parts.chunk(3, -1)
+        reset = torch.sigmoid(reset)
+        cand = torch.tanh(reset * cand)
+        update = torch.sigmoid(update + self.update_bias)
+        return update * cand + (1 - update) * h
+
+
+class RSSM(nn.Module):
+    def __init__(self, action_dim: int, embed_dim: int, deter: int = 200, hidden: int = 200,
+                 stoch: int = 32, discrete: int = 32, norm: str = "none"):
+        super().__init__()
+        self.stoch, self.discrete, self.deter = stoch, discrete, deter
+        flat = stoch * discrete
+        self.prior_in = nn.Sequential(nn.Linear(flat + action_dim, hidden), norm_layer(norm, hidden), nn.ELU())
+        self.cell = LayerNormGRUCell(hidden, deter)
+        self.prior_out = nn.Sequential(nn.Linear(deter, hidden), norm_layer(norm, hidden), nn.ELU(),
+                                       nn.Linear(hidden, flat))
+        self.post_out = nn.Sequential(nn.Linear(deter + embed_dim, hidden), norm_layer(norm, hidden), nn.ELU(),
+                                      nn.Linear(hidden, flat))
+
+    @property
+    def feat_dim(self) -> int:
+        return self.stoch * self.discrete + self.deter
+
+    def initial(self, batch: int, device: torch.device, dtype: torch.dtype = torch.float32) -> State:
+        zeros = torch.zeros(batch, self.stoch, self.discrete, device=device, dtype=dtype)
+        return {"logit": zeros, "stoch": zeros, "deter": torch.zeros(batch, self.deter, device=device, dtype=dtype)}
+
+    @staticmethod
+    def feat(state: State) -> torch.Tensor:
+        stoch = state["stoch"]
+        return torch.cat([stoch.reshape(*stoch.shape[:-2], -1), state["deter"]], -1)
+
+    def _logits(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw.reshape(*raw.shape[:-1], self.stoch, self.discrete)
+
+    def img_step(self, prev: State, action: torch.Tensor, sample: bool = True) -> State:
+        stoch = prev["stoch"].reshape(*prev["stoch"].shape[:-2], -1)
+        x = self.prior_in(torch.cat([stoch, action], -1))
+        deter = self.cell(x, prev["deter"])
+        logit = self._logits(self.prior_out(deter))
+        dist = OneHotCategorical(logit)
+        return {"logit": logit, "stoch": dist.sample() if sample else dist.mode(), "deter": deter}
+
+    def obs_step(self, prev: State, action: torch.Tensor, embed: torch.Tensor, is_first: torch.Tensor,
+                 sample: bool = True) -> tuple[State, State]:
+        """One posterior step; ``is_first`` (B,) resets the previous state and action to zero."""
+        keep = (1.0 - is_first.to(action.dtype)).unsqueeze(-1)
+        prev = {"logit": prev["logit"] * keep.unsqueeze(-1), "stoch": prev["stoch"] * keep.unsqueeze(-1),
+                "deter": prev["deter"] * keep}
+        prior = self.img_step(prev, action * keep, sample)
+        logit = self._logits(self.post_out(torch.cat([prior["deter"], embed], -1)))
+        dist = OneHotCategorical(logit)
+        post = {"logit": logit, "stoch": dist.sample() if sample else dist.mode(), "deter": prior["deter"]}
+        return post, prior
+
+    def observe(self, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
+                state: State | None = None) -> tuple[State, State]:
+        """Posterior and prior over a sequence: embed (B, T, E), action (B, T, A), is_first (B, T)."""
+        batch, steps = embed.shape[:2]
+        if state is None:
+            state = self.initial(batch, embed.device, embed.dtype)
+        posts, priors = [], []
+        for t in range(steps):
+            state, prior = self.obs_step(state, action[:, t], embed[:, t], is_first[:, t])
+            posts.append(state)
+            priors.append(prior)
+        return _stack(posts, dim=1), _stack(priors, dim=1)
+
+    def imagine_actions(self, actions: torch.Tensor, state: State) -> State:
+        """Open-loop prior rollout under given actions (B, T, A), for prediction videos."""
+        priors = []
+        for t in range(actions.shape[1]):
+            state = self.img_step(state, actions[:, t])
+            priors.append(state)
+        return _stack(priors, dim=1)
+
+    def kl_loss(self, post: State, prior: State, balance: float, free: float,
+                forward: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """KL balancing with free nats applied after averaging (spec 4.4).
+
+        Returns (loss, per-step KL(post || sg(prior))) -- the latter is the LBS target.
+        """
+        lhs, rhs = (prior, post) if forward else (post, prior)
+        mix = balance if forward else 1 - balance
+        kl_lhs = kl_categorical(lhs["logit"], rhs["logit"].detach())
+        kl_rhs = kl_categorical(lhs["logit"].detach(), rhs["logit"])
+        free_t = torch.tensor(free, device=kl_lhs.device, dtype=kl_lhs.dtype)
+        loss = mix * torch.maximum(kl_lhs.mean(), free_t) + (1 - mix) * torch.maximum(kl_rhs.mean(), free_t)
+        per_step = kl_lhs if not forward else kl_categorical(post["logit"], prior["logit"].detach())
+        return loss, per_step
+
+    @staticmethod
+    def entropy(state: State) -> torch.Tensor:
+        return entropy_categorical(state["logit"])
+
+
+def _stack(states: list[State], dim: int) -> State:
+    return {key: torch.stack([s[key] for s in states], dim) for key in states[0]}
+
+
+def flatten_state(state: State) -> State:
+    """(B, T, ...) -> (B*T, ...) for every key."""
+    return {key: value.reshape(-1, *value.shape[2:]) for key, value in state.items()}
+
+
+def imagine(rssm: RSSM, policy: Callable[[torch.Tensor, int], torch.Tensor], start: State, horizon: int
+            ) -> tuple[State, torch.Tensor]:
+    """Roll the prior forward ``horizon`` steps from ``start`` (N, ...) under ``policy(feat, t)``.
+
+    Returns states stacked time-major (H+1, N, ...) with index 0 the start state, and the actions
+    (H+1, N, A) with a zero action at index 0 (spec 5.5).
+    """
+    states = [start]
+    feat = rssm.feat(start)
+    actions = []
+    for t in range(horizon):
+        action = policy(feat, t)
+        state = rssm.img_step(states[-1], action)
+        states.append(state)
+        actions.append(action)
+        feat = rssm.feat(state)
+    actions.insert(0, torch.zeros_like(actions[0]))
+    return _stack(states, 0), torch.stack(actions, 0)

@@ -1,0 +1,1 @@
+"""Training infrastructure: the runner loop, replay, logging, snapshots, seeding and device choice."""

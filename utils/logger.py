@@ -1,0 +1,143 @@
+"""Logging to the console, CSV files, TensorBoard and (optionally) Weights & Biases
+(spec agent.md 13; decisions 14, 16).
+
+Metrics arrive as tensors and are only read (one transfer per dump) when a line is written, so the
+training loop never waits on the device to log. Console lines follow the original format:
+``| train | F: 6000 | S: 3000 | E: 6 | L: 1000 | R: 5.5177 | FPS: 96.7586 | T: 0:00:42``.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CONSOLE_FIELDS = {
+    "train": [("frame", "F", "int"), ("step", "S", "int"), ("episode", "E", "int"), ("episode_length", "L", "int"),
+              ("episode_reward", "R", "float"), ("fps", "FPS", "float"), ("total_time", "T", "time")],
+    "eval": [("frame", "F", "int"), ("step", "S", "int"), ("episode", "E", "int"), ("episode_length", "L", "int"),
+             ("episode_reward", "R", "float"), ("total_time", "T", "time")],
+}
+COLOURS = {"train": "33", "eval": "32"}
+
+
+def format_console_line(ty: str, values: dict[str, float], colour: bool = False) -> str:
+    parts = []
+    for key, short, kind in CONSOLE_FIELDS[ty]:
+        value = values.get(key, 0)
+        if kind == "int":
+            text = str(int(value))
+        elif kind == "float":
+            text = f"{value:.4f}"
+        else:
+            text = str(datetime.timedelta(seconds=int(value)))
+        parts.append(f"{short}: {text}")
+    prefix = f"\033[{COLOURS[ty]}m{ty}\033[0m" if colour else ty
+    return f"| {prefix} | " + " | ".join(parts)
+
+
+class CSVLog:
+    """A CSV file whose header widens when new columns appear (the file is rewritten atomically)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.columns: list[str] = []
+        if path.exists():
+            with path.open(newline="") as handle:
+                self.columns = next(csv.reader(handle), [])
+
+    def write(self, row: dict[str, Any]) -> None:
+        new = sorted(set(row) - set(self.columns))
+        if new:
+            self._widen(self.columns + new)
+        with self.path.open("a", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=self.columns, restval="").writerow(row)
+
+    def _widen(self, columns: list[str]) -> None:
+        rows = []
+        if self.path.exists():
+            with self.path.open(newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        tmp = self.path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, self.path)
+        self.columns = columns
+
+
+class Logger:
+    def __init__(self, run_dir: str | os.PathLike, use_tb: bool = True, use_wandb: bool = False,
+                 wandb_kwargs: dict | None = None, colour: bool | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.colour = sys.stdout.isatty() if colour is None else colour
+        self.meters: dict[str, dict[str, list]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.csv = {ty: CSVLog(self.run_dir / f"{ty}.csv") for ty in ("train", "eval")}
+        self.tb = None
+        if use_tb:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(self.run_dir / "tb"))
+        self.wandb = None
+        if use_wandb:
+            import wandb
+            kwargs = dict(wandb_kwargs or {})
+            kwargs.setdefault("dir", str(self.run_dir))
+            self.wandb = wandb.init(**kwargs)
+
+    def log_metrics(self, metrics: dict[str, Any], frame: int, ty: str) -> None:
+        """Queue metrics (tensors or numbers) under ``ty`` ('train' or 'eval'), read at the next dump."""
+        for key, value in metrics.items():
+            self.meters[ty][key].append((frame, value))
+
+    def dump(self, frame: int, ty: str) -> dict[str, float]:
+        """Average queued values, write TensorBoard, CSV, wandb and one console line; clear the meters."""
+        meters = self.meters[ty]
+        if not meters:
+            return {}
+        keys = list(meters)
+        flat = [value for key in keys for _, value in meters[key]]
+        numbers = _to_floats(flat)
+        averages, position = {}, 0
+        for key in keys:
+            count = len(meters[key])
+            entries = numbers[position:position + count]
+            if self.tb is not None:
+                for (entry_frame, _), number in zip(meters[key], entries):
+                    self.tb.add_scalar(f"{ty}/{key}", number, entry_frame)
+            averages[key] = sum(entries) / count
+            position += count
+        averages["frame"] = frame
+        row = {key.replace("/", "_"): value for key, value in averages.items()}
+        self.csv[ty].write(row)
+        if self.wandb is not None:
+            self.wandb.log({f"{ty}/{key}": value for key, value in row.items()})
+        print(format_console_line(ty, row, self.colour), flush=True)
+        meters.clear()
+        return row
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _to_floats(values: list[Any]) -> list[float]:
+    """Numbers as floats, reading all tensors with one transfer per device."""
+    tensor_at = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
+    out = [float(v) if not isinstance(v, torch.Tensor) else 0.0 for v in values]
+    by_device: dict[torch.device, list[int]] = defaultdict(list)
+    for i in tensor_at:
+        by_device[values[i].device].append(i)
+    for indices in by_device.values():
+        stacked = torch.stack([values[i].detach().float().reshape(()) for i in indices]).cpu().tolist()
+        for i, number in zip(indices, stacked):
+            out[i] = number
+    return out

@@ -1,0 +1,53 @@
+"""Snapshots: plain state dicts written atomically and read without unpickling code (decision 6).
+
+A snapshot file holds only tensors, numbers, strings, lists and dicts, so it loads with
+``torch.load(weights_only=True)``; anything else in a file is refused.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+class SnapshotError(RuntimeError):
+    pass
+
+
+def save_snapshot(payload: dict, path: str | os.PathLike) -> Path:
+    """Write ``payload`` to ``path`` through a temporary file in the same folder, then rename:
+    a crash mid-write never leaves a half-written snapshot under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise SnapshotError(f"could not write snapshot {path}: {error.strerror or error}") from error
+        raise
+    return path
+
+
+def load_snapshot(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SnapshotError(f"snapshot not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise SnapshotError(f"refusing to load {path}: it holds objects other than tensors and plain "
+                            f"containers ({str(error).splitlines()[0]})") from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise SnapshotError(f"snapshot {path} is corrupt or truncated: {str(error).splitlines()[0]}") from error
+    if not isinstance(payload, dict):
+        raise SnapshotError(f"snapshot {path} does not hold a dict of state")
+    return payload
