@@ -13,8 +13,10 @@ from torch import nn
 
 from agent.actor_critic import ActorCritic
 from agent.exploration import LBSHead, particle_entropy_reward
+from agent.meta_controller import MetaController
 from agent.skills import SkillModule
 from agent.world_model import WorldModel, preprocess_obs
+from models.normalise import StreamNorm
 from models.optim import Optimizer, trainable
 from models.rssm import State, flatten_state
 
@@ -28,6 +30,7 @@ class ChoreoAgent(nn.Module):
                  reward_norm: dict, actor_ent: float, skill_dim: int, skill_reward_norm: dict,
                  skill_actor_ent: float, code_dim: int, code_resampling: bool, resample_every: int,
                  update_skill_every_step: int, knn_k: int, knn_clip: float, knn_chunk_elements: int,
+                 num_init_frames: int = 4000, action_repeat: int = 1, freeze_skills: bool = False,
                  **unused: Any):
         super().__init__()
         if precision not in (16, 32):
@@ -41,10 +44,17 @@ class ChoreoAgent(nn.Module):
         self.update_skill_every_step = update_skill_every_step
         self.knn_k, self.knn_clip, self.knn_chunk_elements = knn_k, knn_clip, knn_chunk_elements
         self.rng = np.random.default_rng(seed)
+        self.init_steps = num_init_frames // action_repeat
+        self.freeze_skills = freeze_skills
+        self.is_ft = False
+        # Fine-tuning gate (spec 15, O10): random skills and no behaviour learning until a training
+        # batch holds a reward above 1e-4. A tensor, so checking it never waits on the device.
+        self.register_buffer("reward_seen", torch.zeros((), dtype=torch.bool))
 
         self.wm = WorldModel(obs_shape, action_dim, reward_head=reward_head, model_opt=model_opt, **world_model)
         feat_dim = self.wm.rssm.feat_dim
         ac_common = dict(actor=actor, critic=critic, actor_opt=actor_opt, critic_opt=critic_opt, **behaviour)
+        self._meta_args = dict(feat_dim=feat_dim, skill_dim=skill_dim, **ac_common)
         self.lbs = LBSHead(feat_dim, reward_head["layers"], reward_head["units"], reward_head["norm"], model_opt)
         self.expl_ac = ActorCritic(feat_dim, action_dim, reward_norm=reward_norm, actor_ent=actor_ent, **ac_common)
         self.skill_module = SkillModule(self.wm.rssm.deter, skill_dim, code_dim, reward_head["layers"],
@@ -57,9 +67,43 @@ class ChoreoAgent(nn.Module):
 
     # ----------------------------------------------------------------- optimisers and precision
     def optimizers(self) -> dict[str, Optimizer]:
-        return {"model": self.wm.opt, "lbs": self.lbs.opt, "actor": self.expl_ac.actor_opt,
-                "critic": self.expl_ac.critic_opt, "skill": self.skill_module.opt,
-                "skill_actor": self.skill_ac.actor_opt, "skill_critic": self.skill_ac.critic_opt}
+        optimizers = {"model": self.wm.opt, "skill": self.skill_module.opt,
+                      "skill_actor": self.skill_ac.actor_opt, "skill_critic": self.skill_ac.critic_opt}
+        if self.is_ft:
+            optimizers.update(self.meta.optimizers())
+        else:
+            optimizers.update(lbs=self.lbs.opt, actor=self.expl_ac.actor_opt, critic=self.expl_ac.critic_opt)
+        return optimizers
+
+    # --------------------------------------------------------------------------------- fine-tuning
+    def finetune_mode(self) -> None:
+        """Switch to the fine-tuning phase (spec 9.1): the exploration behaviour and LBS head make
+        way for the meta-controller, whose executor is the skill policy."""
+        self.is_ft = True
+        del self.expl_ac, self.lbs
+        self.skill_ac.reward_norm = StreamNorm(momentum=1.0)
+        self.meta = MetaController(executor=self.skill_ac.actor, train_executor=not self.freeze_skills,
+                                   **self._meta_args)
+        self.to(self.device)
+        self.requires_grad_(False)
+
+    def init_from(self, pretrained: dict[str, torch.Tensor]) -> None:
+        """Copy the pre-trained world model (RSSM, encoder, decoder), skill module (VQ encoder,
+        decoder, codebook) and skill policy from a pre-training state dict (spec 9.2)."""
+        prefixes = ("wm.rssm.", "wm.encoder.", "wm.decoder.", "skill_module.encoder.", "skill_module.decoder.",
+                    "skill_ac.actor.")
+        copied = {key: value for key, value in pretrained.items()
+                  if key.startswith(prefixes) or key == "skill_module.codebook"}
+        own = self.state_dict()
+        mismatched = [key for key, value in copied.items() if key not in own or own[key].shape != value.shape]
+        if mismatched:
+            key = mismatched[0]
+            found = tuple(copied[key].shape)
+            expected = tuple(own[key].shape) if key in own else "missing"
+            raise ValueError(f"the snapshot's networks differ from this config's ({key}: snapshot {found}, "
+                             f"config {expected}); use the sizes it was pre-trained with (e.g. the same preset=)")
+        self.load_state_dict(copied, strict=False)
+        self.requires_grad_(False)
 
     def autocast(self):
         if self.precision == 16:
@@ -77,7 +121,7 @@ class ChoreoAgent(nn.Module):
 
     # ------------------------------------------------------------------------------------ acting
     @torch.no_grad()
-    def observe(self, time_step: dict, state: LatentState | None) -> tuple[State, torch.Tensor]:
+    def observe(self, time_step: dict, state: LatentState | None, sample: bool = True) -> tuple[State, torch.Tensor]:
         """Posterior latent and feature after seeing ``time_step`` (batch of one)."""
         obs = torch.as_tensor(time_step["observation"], device=self.device).unsqueeze(0)
         if state is None:
@@ -87,17 +131,72 @@ class ChoreoAgent(nn.Module):
             latent, prev_action = state
         is_first = torch.tensor([float(time_step["is_first"])], device=self.device)
         embed = self.wm.encoder(preprocess_obs(obs))
-        latent, _ = self.wm.rssm.obs_step(latent, prev_action, embed, is_first)
+        latent, _ = self.wm.rssm.obs_step(latent, prev_action, embed, is_first, sample)
         return latent, self.wm.rssm.feat(latent)
 
     @torch.no_grad()
     def act(self, time_step: dict, meta: np.ndarray, step: int, eval_mode: bool,
             state: LatentState | None) -> tuple[np.ndarray, LatentState]:
-        """Exploration action for the pre-training phase: a sample, or the mean when evaluating."""
+        """An action for the current phase (spec 10): a sample, or the mean when evaluating.
+
+        Pre-training: the exploration actor. Fine-tuning: the skill policy on ``meta`` (a random
+        skill) until ``num_init_frames`` have passed and a reward was seen, then on the skill the
+        meta-controller picks at every step.
+        """
         latent, feat = self.observe(time_step, state)
-        dist = self.expl_ac.actor(feat)
+        if not self.is_ft:
+            dist = self.expl_ac.actor(feat)
+        else:
+            if self.adapting(step):
+                selector = self.meta.selector(feat)
+                skill = selector.mode() if eval_mode else selector.sample()
+            else:
+                skill = torch.as_tensor(meta, device=self.device).unsqueeze(0)
+            dist = self.skill_ac.actor(torch.cat([feat, skill], -1))
         action = dist.mode() if eval_mode else dist.sample()
         return action[0].cpu().numpy(), (latent, action)
+
+    @torch.no_grad()
+    def goal_latent(self, goal_observation: np.ndarray, steps: int) -> torch.Tensor:
+        """Deterministic state (1, D) after seeing the goal observation ``steps`` times with zero
+        actions: the first posterior step cannot depend on the observation, so one is not enough.
+        The most likely latents are taken rather than samples, so the answer is repeatable."""
+        state = None
+        for i in range(max(1, steps)):
+            latent, _ = self.observe({"observation": goal_observation, "is_first": i == 0}, state, sample=False)
+            state = (latent, torch.zeros(1, self.action_dim, device=self.device))
+        return latent["deter"]
+
+    @torch.no_grad()
+    def skill_for_goal(self, goal_observation: np.ndarray, goal_steps: int, mode: str, time_step: dict
+                       ) -> np.ndarray:
+        """One-hot skill for reaching a goal (decision 8). ``nearest``: the skill whose decoded code is
+        nearest the goal's deterministic state; ``imagine``: the skill whose imagined rollout from
+        the current observation ends nearest it."""
+        goal = self.goal_latent(goal_observation, goal_steps)
+        skills = torch.eye(self.skill_dim, device=self.device)
+        if mode == "nearest":
+            index = self.nearest_skill(goal)
+        elif mode == "imagine":
+            latent, _ = self.observe(time_step, None)
+            start = {key: value.expand(self.skill_dim, *value.shape[1:]) for key, value in latent.items()}
+            reached = self.skill_ac.imagine(self.wm.rssm, start, self.update_skill_every_step, cond=skills)["deter"][-1]
+            index = int((reached - goal).norm(dim=-1).argmin())
+        else:
+            raise ValueError(f"unknown goal_skill '{mode}'; valid: nearest, imagine, none")
+        meta = np.zeros(self.skill_dim, dtype=np.float32)
+        meta[index] = 1.0
+        return meta
+
+    @torch.no_grad()
+    def nearest_skill(self, deter: torch.Tensor) -> int:
+        """Index of the skill whose decoded code is nearest the deterministic state ``deter`` (1, D)."""
+        targets = self.skill_module.skill_target(torch.eye(self.skill_dim, device=self.device))
+        return int((targets - deter).norm(dim=-1).argmin())
+
+    def adapting(self, step: int) -> bool:
+        """Whether the meta-controller drives the skills (fine-tuning, after the initial phase)."""
+        return self.is_ft and step >= self.init_steps and bool(self.reward_seen)
 
     # ---------------------------------------------------------------------------------- training
     def update_world_model(self, batch: dict[str, torch.Tensor]) -> tuple[State, torch.Tensor, dict]:
@@ -128,13 +227,26 @@ class ChoreoAgent(nn.Module):
         return torch.nn.functional.one_hot(index, self.skill_dim).float()
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One pre-training step (spec 8.1): world model, LBS head, exploration AC, VQ, skill AC."""
+        """One training step: pre-training (spec 8.1: world model, LBS head, exploration AC, VQ,
+        skill AC) or, after ``finetune_mode``, fine-tuning."""
+        if self.is_ft:
+            return self.update_finetune(batch)
         post, kl, metrics = self.update_world_model(batch)
         start = self.imagination_starts(post)
         metrics.update(self.update_lbs(post, kl))
         metrics.update(self.update_exploration(start))
         metrics.update(self.update_skill_module(start))
         metrics.update(self.update_skill_behaviour(start))
+        return metrics
+
+    def update_finetune(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One fine-tuning step (spec 8.3): world model, then the meta-controller once a reward was seen."""
+        post, _, metrics = self.update_world_model(batch)
+        self.reward_seen |= (batch["reward"] > 1e-4).any()
+        if self.reward_seen:
+            start = self.imagination_starts(post)
+            with self.autocast():
+                metrics.update(self.meta.update(self.wm.rssm, start, self.imag_horizon, self.wm.reward_head))
         return metrics
 
     def update_offline(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -165,7 +277,7 @@ class ChoreoAgent(nn.Module):
 
     # --------------------------------------------------------------------------------- snapshots
     def snapshot_state(self) -> dict:
-        return {"modules": self.state_dict(),
+        return {"phase": "finetune" if self.is_ft else "pretrain", "modules": self.state_dict(),
                 "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
                 "rng": self.rng.bit_generator.state}
 

@@ -31,9 +31,9 @@ class Optimizer:
             raise ValueError(f"unknown optimiser '{opt}' for '{name}'; valid: {', '.join(builders)}")
         self.opt = builders[opt]()
 
-    def __call__(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, loss: torch.Tensor, retain_graph: bool = False) -> dict[str, torch.Tensor]:
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward(retain_graph=retain_graph)
         grad_norm = nn.utils.clip_grad_norm_(self.params, self.clip) if self.clip else _grad_norm(self.params)
         if self.wd:
             with torch.no_grad():

@@ -223,10 +223,6 @@ def test_clamped_normal_samples_stay_inside_open_interval_in_actor_range():
     assert inside.float().mean() > 0.3  # and most samples are not clamped at all
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "models/distributions.py ClampedNormal.sample: `raw + (clamped - raw).detach()` loses the clamp in "
-    "float32 rounding once |raw| >= 32: samples equal exactly +-1.0 instead of +-(1 - 1e-6). "
-    "`clamped.detach() + (raw - raw.detach())` keeps the value exact with the same gradient."))
 def test_clamped_normal_samples_stay_inside_open_interval_for_huge_means():
     torch.manual_seed(0)
     mean = torch.tensor([[50.0, -50.0, 0.0, 0.999]]).repeat(500, 1)
@@ -464,10 +460,6 @@ def test_update_target_fraction_mixes_after_first_copy():
     assert target[0].bias.item() == pytest.approx(0.75 * -1.0 + 0.25 * 3.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "models/returns.py make_target skips reset_parameters on the root module (`module is not target`), "
-    "so a critic that is itself a leaf layer (nn.Linear) gets an identical, not independently "
-    "initialised, target. The agent's critics are MSEHead containers, so they are unaffected."))
 def test_make_target_reinitialises_a_leaf_critic():
     torch.manual_seed(8)
     critic = nn.Linear(3, 2)

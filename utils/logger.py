@@ -114,7 +114,8 @@ class Logger:
             averages[key] = sum(entries) / count
             position += count
         averages["frame"] = frame
-        row = {key.replace("/", "_"): value for key, value in averages.items()}
+        row = {key.replace("/", "_"): int(value) if float(value).is_integer() else value
+               for key, value in averages.items()}
         self.csv[ty].write(row)
         if self.wandb is not None:
             self.wandb.log({f"{ty}/{key}": value for key, value in row.items()})

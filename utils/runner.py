@@ -1,8 +1,9 @@
-"""The training loop shared by the scripts (spec agent.md 11; decisions 17, 18).
+"""The environment loop shared by pretrain.py and finetune.py (spec agent.md 10, 11; decisions 8,
+17, 18).
 
-``build_run`` turns a config into parts (envs, agent, replay, logger); ``OnlineRunner`` runs the
-environment loop: seed phase, act, store, one update every ``train_every_actions`` frames, eval,
-log, snapshots. Step = one agent decision; frame = step x action_repeat.
+``OnlineRunner`` turns a config into parts (envs, agent, replay, logger) and runs: (pre-training
+only) a seed phase of random actions, act, store, one update every ``train_every_actions`` frames,
+evaluation, logging and snapshots. Step = one agent decision; frame = step x action_repeat.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from utils.errors import UserError
 from utils.logger import Logger
 from utils.replay import EpisodeReplay
 from utils.seeding import seed_everything
-from utils.snapshot import save_snapshot
+from utils.snapshot import SnapshotError, load_snapshot, save_snapshot
 
 
 def plain(node) -> dict:
@@ -38,7 +39,8 @@ def build_agent(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int, de
                        world_model=world_model, behaviour=behaviour, actor=plain(cfg.actor), critic=plain(cfg.critic),
                        actor_opt=plain(cfg.actor_opt), critic_opt=plain(cfg.critic_opt),
                        reward_head=plain(cfg.reward_head), model_opt=plain(cfg.model_opt),
-                       imag_horizon=cfg.imag_horizon, imag_starts=cfg.imag_starts, **agent_cfg)
+                       imag_horizon=cfg.imag_horizon, imag_starts=cfg.imag_starts,
+                       action_repeat=cfg.action_repeat, **agent_cfg)
 
 
 def make_env(task: str, cfg: DictConfig, **kwargs):
@@ -50,6 +52,10 @@ def make_env(task: str, cfg: DictConfig, **kwargs):
 
 def resolve_task(cfg: DictConfig) -> str:
     if cfg.get("task"):
+        try:
+            envs.domain_of(cfg.task)
+        except ValueError as error:
+            raise UserError(str(error)) from error
         return cfg.task
     if cfg.domain not in envs.TASKS:
         raise UserError(f"unknown domain '{cfg.domain}'; valid domains: {', '.join(envs.TASKS)}")
@@ -74,27 +80,74 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"batch_length={cfg.batch_length} must be at least 2")
 
 
-class OnlineRunner:
-    """Environment loop for pre-training (and, with another agent phase, fine-tuning)."""
+def finetune_snapshot_path(cfg: DictConfig, domain: str) -> Path:
+    """Where finetune.py looks for its starting snapshot (spec agent.md 12)."""
+    seed_dir = Path(str(cfg.seed))
+    if cfg.get("custom_snap_dir"):
+        base = Path(hydra.utils.to_absolute_path(cfg.custom_snap_dir))
+    elif cfg.get("from_offline"):
+        if not cfg.get("dataset") or not cfg.get("collection_method"):
+            raise UserError("from_offline=True needs dataset=... and collection_method=... (e.g. dataset=exorl "
+                            "collection_method=rnd)")
+        base = Path(hydra.utils.to_absolute_path(cfg.offline_snapshot_base_dir)) / cfg.dataset \
+            / cfg.collection_method / domain / cfg.agent.name
+    else:
+        base = Path(hydra.utils.to_absolute_path(cfg.snapshot_base_dir)) / cfg.obs_type / domain / cfg.agent.name
+    return base / seed_dir / f"snapshot_{cfg.snapshot_ts}.pt"
 
-    def __init__(self, cfg: DictConfig, run_dir: str | Path):
+
+def load_pretrained(cfg: DictConfig, domain: str) -> dict:
+    path = finetune_snapshot_path(cfg, domain)
+    if not path.is_file():
+        existing = sorted(int(p.stem.split("_")[1]) for p in path.parent.glob("snapshot_*.pt")
+                          if p.stem.split("_")[1].isdigit())
+        found = ", ".join(map(str, existing)) if existing else "none"
+        raise UserError(f"snapshot not found: {path} (snapshot_ts values there: {found}; "
+                        f"snapshot_ts=0 trains from scratch)")
+    payload = load_snapshot(path)
+    for key, expected in (("obs_type", cfg.obs_type), ("domain", domain)):
+        if payload.get(key) != expected:
+            raise UserError(f"snapshot {path} was pre-trained with {key}={payload.get(key)!r} but this run "
+                            f"has {key}={expected!r}")
+    if payload.get("action_repeat") not in (None, cfg.action_repeat):
+        print(f"warning: snapshot {path} was trained at action_repeat={payload['action_repeat']}, "
+              f"this run uses action_repeat={cfg.action_repeat}", flush=True)
+    return payload
+
+
+class OnlineRunner:
+    """Environment loop for pre-training (``phase='pretrain'``) and fine-tuning (``'finetune'``)."""
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path, phase: str = "pretrain"):
         check_config(cfg)
         self.cfg = cfg
+        self.phase = phase
         self.run_dir = Path(run_dir)
         self.device = resolve_device(cfg.device)
         seed_everything(cfg.seed)
         self.task = resolve_task(cfg)
-        self.train_env = make_env(self.task, cfg)
-        self.eval_env = make_env(self.task, cfg)
+        self.domain = envs.domain_of(self.task)
+        exorl = bool(cfg.get("from_offline")) and cfg.get("dataset") == "exorl"
+        task_id = cfg.get("task_id")
+        self.train_env = make_env(self.task, cfg, exorl=exorl, task_id=task_id)
+        self.eval_env = make_env(self.task, cfg, exorl=exorl, task_id=task_id)
         env = self.train_env
         self.agent = build_agent(cfg, env.obs_shape, env.action_dim, self.device)
+        if phase == "finetune":
+            self.agent.finetune_mode()
+            if cfg.snapshot_ts > 0:
+                payload = load_pretrained(cfg, self.domain)
+                try:
+                    self.agent.init_from(payload["agent"]["modules"])
+                except ValueError as error:
+                    raise UserError(str(error)) from error
         self.replay = EpisodeReplay(self.run_dir / "buffer", cfg.replay.capacity, cfg.batch_size, cfg.batch_length,
                                     cfg.seed, self.device)
-        wandb_kwargs = dict(project=f"{cfg.project_name}_pretrain", group=cfg.agent.name, config=plain(cfg),
+        wandb_kwargs = dict(project=f"{cfg.project_name}_{phase}", group=cfg.agent.name, config=plain(cfg),
                             name=f"{cfg.experiment}_{cfg.agent.name}_{self.task}_{cfg.obs_type}_{cfg.seed}")
         self.logger = Logger(self.run_dir, cfg.use_tb, cfg.use_wandb, wandb_kwargs)
         self.action_rng = np.random.default_rng(cfg.seed)
-        self.snapshot_dir = Path(hydra.utils.to_absolute_path(cfg.snapshot_base_dir)) / cfg.obs_type / cfg.domain \
+        self.snapshot_dir = Path(hydra.utils.to_absolute_path(cfg.snapshot_base_dir)) / cfg.obs_type / self.domain \
             / cfg.agent.name / str(cfg.seed)
         self.step = self.episode = self.updates = 0
         self.start_time = time.time()
@@ -103,23 +156,30 @@ class OnlineRunner:
     def frame(self) -> int:
         return self.step * self.cfg.action_repeat
 
+    def store(self, time_step: dict) -> None:
+        extra = {"physics": self.train_env.physics_state()} if self.cfg.get("save_dataset") else None
+        self.replay.add(time_step, extra)
+
     # ---------------------------------------------------------------------------------------- loop
     def train(self) -> None:
         cfg, agent, env = self.cfg, self.agent, self.train_env
         repeat = cfg.action_repeat
         train_until = cfg.num_train_frames // repeat
         seed_until = cfg.num_seed_frames // repeat
+        random_until = seed_until if self.phase == "pretrain" else 0
         update_every = max(1, cfg.train_every_actions // repeat)
         eval_every = max(1, int(cfg.eval_every_frames) // repeat)
         log_every = max(1, cfg.log_every_frames // repeat)
-        pending = sorted(int(s) for s in cfg.snapshots)
+        # The original's zero-shot recipe (num_train_frames < 1000) evaluates once at step 0.
+        eval_at_start = self.phase == "finetune" and cfg.num_train_frames < 1000
+        pending = sorted(int(s) for s in cfg.get("snapshots") or [])
         pending = [s for s in pending if s > self.frame]
 
         time_step, state = env.reset(), None
         meta = agent.init_meta()
-        self.replay.add(time_step)
+        self.store(time_step)
         episode_reward, episode_step = 0.0, 0
-        last_dump, metrics, log_due = time.time(), None, False
+        last_dump, log_due = time.time(), False
         while self.step < train_until:
             if time_step["is_last"]:
                 self.episode += 1
@@ -133,14 +193,13 @@ class OnlineRunner:
                 self.logger.dump(self.frame, "train")
                 time_step, state = env.reset(), None
                 meta = agent.init_meta()
-                self.replay.add(time_step)
+                self.store(time_step)
                 episode_reward, episode_step = 0.0, 0
 
-            if self.step > 0 and self.step % eval_every == 0:
+            if (self.step > 0 and self.step % eval_every == 0) or (self.step == 0 and eval_at_start):
                 self.evaluate()
 
-            meta = agent.update_meta(meta, self.step)
-            if self.step < seed_until:
+            if self.step < random_until:
                 action = self.action_rng.uniform(-1.0, 1.0, env.action_dim).astype(np.float32)
             else:
                 action, state = agent.act(time_step, meta, self.step, eval_mode=False, state=state)
@@ -156,36 +215,82 @@ class OnlineRunner:
             time_step = env.step(action)
             episode_reward += time_step["reward"]
             episode_step += 1
-            self.replay.add(time_step)
+            self.store(time_step)
             self.step += 1
+            if not time_step["is_last"]:
+                meta = agent.update_meta(meta, self.step)
             while pending and self.frame >= pending[0]:
                 self.save_snapshot(pending.pop(0))
+        if self.phase == "finetune" and cfg.get("save_ft_model"):
+            save_snapshot(self.snapshot_payload(), self.run_dir / "finetuned_snapshot.pt")
         self.logger.close()
 
+    # ---------------------------------------------------------------------------------- evaluation
+    def eval_episodes(self) -> list[int | None]:
+        """The Meta-World goal of each evaluation episode: every goal once without task_id (spec 4.5)."""
+        cfg = self.cfg
+        if self.domain == "mw" and cfg.get("task_id") is None:
+            return list(range(cfg.get("mw_eval_episodes", 50)))
+        return [cfg.get("task_id")] * cfg.num_eval_episodes
+
+    def run_eval_episode(self, task_id, meta, eval_mode: bool, counter: list[int], pick_skill=None
+                         ) -> tuple[float, np.ndarray]:
+        """One evaluation episode; ``counter`` is the evaluation's cumulative step count (spec 11.2)."""
+        env, agent = self.eval_env, self.agent
+        time_step, state = env.reset(task_id=task_id), None
+        if pick_skill is not None:
+            meta = pick_skill(env, time_step)
+        total = 0.0
+        while not time_step["is_last"]:
+            action, state = agent.act(time_step, meta, self.step, eval_mode=eval_mode, state=state)
+            time_step = env.step(action)
+            total += time_step["reward"]
+            counter[0] += 1
+            if not time_step["is_last"] and pick_skill is None:
+                meta = agent.update_meta(meta, counter[0])
+        return total, meta
+
     def evaluate(self) -> None:
-        cfg, agent, env = self.cfg, self.agent, self.eval_env
-        total_reward, steps = 0.0, 0
+        cfg, agent = self.cfg, self.agent
+        eval_goals = bool(cfg.get("eval_goals"))
+        goal_ids = self.eval_episodes()
+        returns, counter = [], [0]
         meta = agent.init_meta()
-        for _ in range(cfg.num_eval_episodes):
-            time_step, state = env.reset(), None
-            while not time_step["is_last"]:
-                action, state = agent.act(time_step, meta, self.step, eval_mode=True, state=state)
-                time_step = env.step(action)
-                total_reward += time_step["reward"]
-                steps += 1
-        episodes = max(1, cfg.num_eval_episodes)
-        self.logger.log_metrics({
-            "episode_reward": total_reward / episodes, "episode_length": steps * cfg.action_repeat / episodes,
+        for task_id in goal_ids:
+            if eval_goals:
+                meta = agent.init_meta()
+            episode_return, meta = self.run_eval_episode(task_id, meta, not eval_goals, counter)
+            returns.append(episode_return)
+        episodes = max(1, len(returns))
+        metrics = {
+            "episode_reward": sum(returns) / episodes,
+            "episode_length": counter[0] * cfg.action_repeat / episodes,
             "episode": self.episode, "step": self.step, "total_time": time.time() - self.start_time,
-        }, self.frame, "eval")
+        }
+        threshold = {"mw": 0.0, "jaco": 1e-4}.get(self.domain)
+        if threshold is not None and (self.domain == "mw" or eval_goals):
+            metrics["success_rate"] = float(np.mean([r > threshold for r in returns]))
+        goal_skill = cfg.get("goal_skill")
+        if eval_goals and goal_skill and goal_skill != "none" and threshold is not None:
+            goal_returns = [self.run_eval_episode(task_id, None, False, [0], self.goal_skill_picker(goal_skill))[0]
+                            for task_id in goal_ids]
+            metrics["goal_success_rate"] = float(np.mean([r > threshold for r in goal_returns]))
+            metrics["goal_episode_reward"] = float(np.mean(goal_returns))
+        self.logger.log_metrics(metrics, self.frame, "eval")
         self.logger.dump(self.frame, "eval")
+
+    def goal_skill_picker(self, mode: str):
+        """The skill for the goal of a freshly reset env (decision 8), as a one-hot meta vector."""
+        def pick(env, time_step: dict) -> np.ndarray:
+            return self.agent.skill_for_goal(env.goal_observation(), self.cfg.goal_steps, mode, time_step)
+        return pick
 
     # ----------------------------------------------------------------------------------- snapshots
     def snapshot_payload(self) -> dict:
         cfg = self.cfg
         return {"agent": self.agent.snapshot_state(), "global_step": self.step, "global_episode": self.episode,
                 "global_frame": self.frame, "updates": self.updates, "obs_type": cfg.obs_type,
-                "domain": cfg.domain, "task": self.task, "action_repeat": cfg.action_repeat,
+                "domain": self.domain, "task": self.task, "action_repeat": cfg.action_repeat,
                 "config": plain(cfg)}
 
     def save_snapshot(self, frame: int) -> Path:

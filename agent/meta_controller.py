@@ -1,0 +1,108 @@
+"""Meta-controller for fine-tuning (spec agent.md 9.3): a categorical policy over the skills
+("selector") trained with REINFORCE against the target critic, and the skill policy ("executor")
+fine-tuned by backpropagating the imagined task return through the world model.
+
+Imagined sequences are time-major (H+1, N, ...); index 0 is the start state with a zero skill and
+a zero action, and skill index t+1 is the skill chosen in state t.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.mlp import ActorHead, MSEHead, OneHotHead
+from models.normalise import StreamNorm
+from models.optim import Optimizer, trainable
+from models.returns import lambda_return, make_target, update_target
+from models.rssm import RSSM, State, _stack
+
+SELECTOR_ENTROPY = 1e-4
+
+
+class MetaController(nn.Module):
+    def __init__(self, feat_dim: int, skill_dim: int, executor: ActorHead, actor: dict, critic: dict,
+                 actor_opt: dict, critic_opt: dict, discount: float = 0.99, discount_lambda: float = 0.95,
+                 slow_target: bool = True, slow_target_update: int = 100, slow_target_fraction: float = 1.0,
+                 train_executor: bool = True):
+        super().__init__()
+        self.selector = OneHotHead(feat_dim, skill_dim, actor["layers"], actor["units"], actor["norm"])
+        self.critic = MSEHead(feat_dim, 1, critic["layers"], critic["units"], critic["norm"])
+        self.target_critic = make_target(self.critic) if slow_target else self.critic
+        self.reward_norm = StreamNorm(momentum=1.0)
+        # The executor is the skill actor-critic's actor: not registered here, so it is saved once.
+        self._executor = [executor]
+        self.train_executor = train_executor
+        self.selector_opt = Optimizer("selector_actor", self.selector.parameters(), **actor_opt)
+        self.executor_opt = Optimizer("executor_actor", executor.parameters(), **actor_opt)
+        self.critic_opt = Optimizer("selector_critic", self.critic.parameters(), **critic_opt)
+        self.discount, self.lambda_ = discount, discount_lambda
+        self.slow_target = slow_target
+        self.slow_target_update, self.slow_target_fraction = slow_target_update, slow_target_fraction
+        self.skill_dim = skill_dim
+        self.updates = 0
+
+    @property
+    def executor(self) -> ActorHead:
+        return self._executor[0]
+
+    def optimizers(self) -> dict[str, Optimizer]:
+        return {"selector_actor": self.selector_opt, "executor_actor": self.executor_opt,
+                "selector_critic": self.critic_opt}
+
+    def imagine(self, rssm: RSSM, start: State, horizon: int) -> tuple[State, torch.Tensor]:
+        """States (H+1, N, ...) and skills (H+1, N, K); the selector re-chooses at every step."""
+        states, skills = [start], [torch.zeros(*start["deter"].shape[:-1], self.skill_dim,
+                                                device=start["deter"].device)]
+        state = start
+        for _ in range(horizon):
+            feat = rssm.feat(state).detach()
+            skill = self.selector(feat).sample()
+            action = self.executor(torch.cat([feat, skill.detach()], -1)).sample()
+            state = rssm.img_step(state, action)
+            states.append(state)
+            skills.append(skill)
+        return _stack(states, 0), torch.stack(skills, 0)
+
+    def update(self, rssm: RSSM, start: State, horizon: int, reward_head: nn.Module) -> dict[str, torch.Tensor]:
+        executor_scope = (self.executor,) if self.train_executor else ()
+        with trainable(self.selector, *executor_scope):
+            states, skills = self.imagine(rssm, start, horizon)
+            feat = rssm.feat(states)
+            reward, metrics = self.reward_norm(reward_head(feat).mean.squeeze(-1))
+            value = self.target_critic(feat).mean.squeeze(-1)
+            discount = torch.full_like(reward, self.discount)
+            target = lambda_return(reward, value, discount, self.lambda_)
+            weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]], 0), 0).detach()
+            selector = self.selector(feat[:-2].detach())
+            advantage = (target[1:] - value[:-2]).detach()
+            entropy = selector.entropy()
+            high_loss = -(weight[:-2] * (selector.log_prob(skills[1:-1].detach()) * advantage
+                                          + SELECTOR_ENTROPY * entropy)).mean()
+            metrics.update(self.selector_opt(high_loss, retain_graph=self.train_executor))
+            if self.train_executor:
+                low_loss = -(weight[:-2] * target[1:]).mean()
+                metrics.update(self.executor_opt(low_loss))
+        with trainable(self.critic):
+            dist = self.critic(feat[:-1].detach())
+            critic_loss = -(dist.log_prob(target.detach().unsqueeze(-1)) * weight[:-1]).mean()
+            metrics.update(self.critic_opt(critic_loss))
+        if self.slow_target:
+            update_target(self.target_critic, self.critic, self.updates, self.slow_target_update,
+                          self.slow_target_fraction)
+        self.updates += 1
+        with torch.no_grad():
+            low_entropy = self.executor(torch.cat([feat[:-2], skills[1:-1]], -1).detach()).entropy()
+        metrics.update({
+            "high_actor_ent": entropy.detach().mean(), "low_actor_ent": low_entropy.mean(),
+            "skills_updated": torch.zeros(self.skill_dim, device=feat.device).index_fill_(
+                0, skills.detach().argmax(-1).flatten(), 1.0).sum(),
+            "critic": dist.mean.detach().mean(), "critic_slow": value.detach().mean(),
+            "critic_target": target.detach().mean(),
+        })
+        return metrics
+
+    def get_extra_state(self) -> dict:
+        return {"updates": self.updates}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.updates = int(state["updates"])

@@ -1,0 +1,31 @@
+"""Fine-tuning: adapt pre-trained skills to a task with the meta-controller, or evaluate them
+zero-shot on goal reaching (spec agent.md 9, 11.2, 11.3).
+
+    python finetune.py configs=dmc_states agent=choreo task=walker_run snapshot_ts=2000000 seed=1
+    python finetune.py configs=dmc_pixels task=jaco_reach_top_left snapshot_ts=2000000 num_train_frames=10 \
+        num_eval_episodes=100 eval_goals=True
+"""
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from utils.errors import UserError
+from utils.snapshot import SnapshotError
+
+
+@hydra.main(config_path="configs", config_name="finetune", version_base=None)
+def main(cfg: DictConfig) -> None:
+    from utils.runner import OnlineRunner
+    try:
+        runner = OnlineRunner(cfg, HydraConfig.get().runtime.output_dir, phase="finetune")
+        runner.train()
+    except (UserError, SnapshotError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
