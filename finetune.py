@@ -19,11 +19,13 @@ from utils.snapshot import SnapshotError
 
 @hydra.main(config_path="configs", config_name="finetune", version_base=None)
 def main(cfg: DictConfig) -> None:
-    from utils.runner import OnlineRunner
+    from utils.runner import OnlineRunner, TrainingDiverged
     try:
         runner = OnlineRunner(cfg, HydraConfig.get().runtime.output_dir, phase="finetune")
         runner.train()
-    except (UserError, SnapshotError) as error:
+    except (UserError, SnapshotError, TrainingDiverged) as error:
+        sys.exit(f"error: {error}")
+    except OSError as error:  # disk full, permissions: say which file, keep the last good ones
         sys.exit(f"error: {error}")
 
 

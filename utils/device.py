@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from utils.errors import UserError
+
 VALID = ("auto", "cpu", "cuda")
 
 
@@ -11,7 +13,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.split(":")[0] not in ("cpu", "cuda"):
-        raise ValueError(f"device={name!r} is not valid; valid: auto, cpu, cuda, cuda:<index>")
+        raise UserError(f"device={name!r} is not valid; valid: auto, cpu, cuda, cuda:<index>")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} was asked for but no CUDA device is available; use device=auto or cpu")
+        raise UserError(f"device={name!r} was asked for but no CUDA device is available; use device=auto or cpu")
     return torch.device(name)

@@ -58,11 +58,21 @@ class CSVLog:
         with self.path.open("a", newline="") as handle:
             csv.DictWriter(handle, fieldnames=self.columns, restval="").writerow(row)
 
+    def truncate(self, keep) -> None:
+        """Keep only the rows for which ``keep(frame)`` holds (a resumed run writes the rest again)."""
+        if self.path.exists():
+            with self.path.open(newline="") as handle:
+                rows = [row for row in csv.DictReader(handle) if keep(float(row.get("frame") or 0))]
+            self._rewrite(self.columns, rows)
+
     def _widen(self, columns: list[str]) -> None:
         rows = []
         if self.path.exists():
             with self.path.open(newline="") as handle:
                 rows = list(csv.DictReader(handle))
+        self._rewrite(columns, rows)
+
+    def _rewrite(self, columns: list[str], rows: list[dict]) -> None:
         tmp = self.path.with_suffix(".csv.tmp")
         with tmp.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns, restval="")
@@ -74,16 +84,22 @@ class CSVLog:
 
 class Logger:
     def __init__(self, run_dir: str | os.PathLike, use_tb: bool = True, use_wandb: bool = False,
-                 wandb_kwargs: dict | None = None, colour: bool | None = None):
+                 wandb_kwargs: dict | None = None, colour: bool | None = None, resume_frame: int | None = None):
+        """``resume_frame``: the frame of the checkpoint a resumed run continues from. Train rows
+        after it and eval rows from it on are dropped, since the resumed run logs them again."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.colour = sys.stdout.isatty() if colour is None else colour
         self.meters: dict[str, dict[str, list]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.csv = {ty: CSVLog(self.run_dir / f"{ty}.csv") for ty in ("train", "eval")}
+        if resume_frame is not None:
+            self.csv["train"].truncate(lambda frame: frame <= resume_frame)
+            self.csv["eval"].truncate(lambda frame: frame < resume_frame)
         self.tb = None
         if use_tb:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(self.run_dir / "tb"))
+            purge = None if resume_frame is None else resume_frame + 1
+            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
         self.wandb = None
         if use_wandb:
             import wandb

@@ -41,6 +41,11 @@ def write_episode(episode: dict[str, np.ndarray], directory: Path, index: int) -
     return path
 
 
+def episode_index(path: Path) -> int:
+    """The episode counter in ``<prefix>_<index>_<length>.npz``."""
+    return int(path.stem.rsplit("_", 2)[-2])
+
+
 def load_episode(path: Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
@@ -94,6 +99,32 @@ class EpisodeReplay:
         while self.transitions > self.capacity and len(self.episodes) > 1:
             dropped = self.episodes.popleft()
             self.transitions -= len(dropped["reward"]) - 1
+
+    def reload(self, episodes_written: int) -> None:
+        """Restore the replay of a resumed run from its folder: episodes ``0 .. episodes_written-1``
+        are loaded in order (oldest dropped past capacity); later files (written after the
+        checkpoint by the run that died) are removed, since the resumed run writes them again."""
+        self.episodes.clear()
+        self.transitions = 0
+        self.episodes_written = 0
+        self.current = {}
+        files = sorted(self.directory.glob("*.npz"), key=episode_index)
+        for path in files:
+            if episode_index(path) >= episodes_written:
+                path.unlink()
+        kept = [path for path in files if episode_index(path) < episodes_written]
+        if len(kept) != episodes_written:
+            raise RuntimeError(f"replay folder {self.directory} holds {len(kept)} of the {episodes_written} "
+                               f"episodes the checkpoint expects")
+        for path in kept:
+            self.add_episode(load_episode(path))
+
+    def state(self) -> dict:
+        return {"episodes_written": self.episodes_written, "rng": self.rng.bit_generator.state}
+
+    def load_state(self, state: dict) -> None:
+        self.reload(state["episodes_written"])
+        self.rng.bit_generator.state = state["rng"]
 
     # ----------------------------------------------------------------------------------- sampling
     def can_sample(self) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import hydra.utils
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 import envs
@@ -21,7 +22,8 @@ from utils.errors import UserError
 from utils.logger import Logger
 from utils.replay import EpisodeReplay
 from utils.seeding import seed_everything
-from utils.snapshot import SnapshotError, load_snapshot, save_snapshot
+from utils.checkpoint import checkpoint_path, global_rng_state, set_global_rng_state
+from utils.snapshot import load_snapshot, save_snapshot
 
 
 def plain(node) -> dict:
@@ -115,6 +117,20 @@ def load_pretrained(cfg: DictConfig, domain: str) -> dict:
     return payload
 
 
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the message names the step and the loss."""
+
+
+def check_finite(metrics: dict, step: int, frame: int) -> None:
+    """Stop on a non-finite loss instead of training on silently (one host sync per update)."""
+    names = [key for key in metrics if key.endswith("_loss")]
+    values = torch.stack([metrics[key].detach().float().reshape(()) for key in names]).cpu()
+    if not bool(torch.isfinite(values).all()):
+        bad = [f"{name}={float(value)}" for name, value in zip(names, values) if not torch.isfinite(value)]
+        raise TrainingDiverged(f"non-finite loss at step {step} (frame {frame}): {', '.join(bad)}; "
+                               f"the last good checkpoint and snapshots are kept")
+
+
 class OnlineRunner:
     """Environment loop for pre-training (``phase='pretrain'``) and fine-tuning (``'finetune'``)."""
 
@@ -143,18 +159,71 @@ class OnlineRunner:
                     raise UserError(str(error)) from error
         self.replay = EpisodeReplay(self.run_dir / "buffer", cfg.replay.capacity, cfg.batch_size, cfg.batch_length,
                                     cfg.seed, self.device)
-        wandb_kwargs = dict(project=f"{cfg.project_name}_{phase}", group=cfg.agent.name, config=plain(cfg),
-                            name=f"{cfg.experiment}_{cfg.agent.name}_{self.task}_{cfg.obs_type}_{cfg.seed}")
-        self.logger = Logger(self.run_dir, cfg.use_tb, cfg.use_wandb, wandb_kwargs)
         self.action_rng = np.random.default_rng(cfg.seed)
         self.snapshot_dir = Path(hydra.utils.to_absolute_path(cfg.snapshot_base_dir)) / cfg.obs_type / self.domain \
             / cfg.agent.name / str(cfg.seed)
-        self.step = self.episode = self.updates = 0
+        self.step = self.episode = self.updates = self.eval_resets = 0
+        self.log_due = False
+        self.elapsed_before = 0.0
         self.start_time = time.time()
+        self.last_checkpoint = time.time()
+        resumed = self.maybe_resume()
+        wandb_kwargs = dict(project=f"{cfg.project_name}_{phase}", group=cfg.agent.name, config=plain(cfg),
+                            name=f"{cfg.experiment}_{cfg.agent.name}_{self.task}_{cfg.obs_type}_{cfg.seed}")
+        if resumed and resumed.get("wandb_id"):
+            wandb_kwargs.update(id=resumed["wandb_id"], resume="allow")
+        self.logger = Logger(self.run_dir, cfg.use_tb, cfg.use_wandb, wandb_kwargs,
+                             resume_frame=self.frame if resumed else None)
 
     @property
     def frame(self) -> int:
         return self.step * self.cfg.action_repeat
+
+    def total_time(self) -> float:
+        return self.elapsed_before + time.time() - self.start_time
+
+    # ------------------------------------------------------------------------------------ resuming
+    def maybe_resume(self) -> dict | None:
+        """Continue from the run folder's checkpoint (resume=auto), or refuse to touch it (never)."""
+        path = checkpoint_path(self.run_dir)
+        mode = self.cfg.get("resume", "auto")
+        if mode not in ("auto", "never"):
+            raise UserError(f"resume={mode!r} is not valid; valid: auto, never")
+        if not path.exists():
+            return None
+        if mode == "never":
+            raise UserError(f"{self.run_dir} already holds a checkpoint ({path.name}) and resume=never; "
+                            f"use resume=auto to continue that run, or another hydra.run.dir")
+        payload = load_snapshot(path, map_location=self.device)
+        if payload.get("phase") != self.phase:
+            raise UserError(f"the checkpoint in {self.run_dir} is from {payload.get('phase')}, not {self.phase}")
+        self.agent.load_snapshot_state(payload["agent"])
+        self.replay.load_state(payload["replay"])
+        self.action_rng.bit_generator.state = payload["action_rng"]
+        self.step, self.episode, self.updates = payload["global_step"], payload["global_episode"], payload["updates"]
+        self.eval_resets, self.log_due = payload["eval_resets"], payload["log_due"]
+        self.elapsed_before = payload["total_time"]
+        # Initial states come from each env's own generator, consumed only by resets: replay the resets
+        # the interrupted run made so the next episode starts where it would have.
+        for _ in range(self.episode):
+            self.train_env.reset()
+        self.fast_forward_eval_env(self.eval_resets)
+        set_global_rng_state(payload["rng"])
+        print(f"resumed from {path} at frame {self.frame} (step {self.step}, episode {self.episode})", flush=True)
+        return payload
+
+    def fast_forward_eval_env(self, resets: int) -> None:
+        for _ in range(resets):
+            self.eval_env.reset()
+
+    def save_checkpoint(self) -> None:
+        payload = self.snapshot_payload()
+        payload.update(phase=self.phase, replay=self.replay.state(), action_rng=self.action_rng.bit_generator.state,
+                       eval_resets=self.eval_resets, log_due=self.log_due, total_time=self.total_time(),
+                       rng=global_rng_state(),
+                       wandb_id=self.logger.wandb.id if self.logger.wandb is not None else None)
+        save_snapshot(payload, checkpoint_path(self.run_dir))
+        self.last_checkpoint = time.time()
 
     def store(self, time_step: dict) -> None:
         extra = {"physics": self.train_env.physics_state()} if self.cfg.get("save_dataset") else None
@@ -170,31 +239,35 @@ class OnlineRunner:
         update_every = max(1, cfg.train_every_actions // repeat)
         eval_every = max(1, int(cfg.eval_every_frames) // repeat)
         log_every = max(1, cfg.log_every_frames // repeat)
+        checkpoint_every_s = 60 * cfg.get("checkpoint_every_min", 10)
         # The original's zero-shot recipe (num_train_frames < 1000) evaluates once at step 0.
         eval_at_start = self.phase == "finetune" and cfg.num_train_frames < 1000
         pending = sorted(int(s) for s in cfg.get("snapshots") or [])
         pending = [s for s in pending if s > self.frame]
+        snapshot_written = False
 
-        time_step, state = env.reset(), None
-        meta = agent.init_meta()
-        self.store(time_step)
-        episode_reward, episode_step = 0.0, 0
-        last_dump, log_due = time.time(), False
+        def begin_episode():
+            time_step = env.reset()
+            self.store(time_step)
+            return time_step, None, agent.init_meta(), 0.0, 0
+
+        time_step, state, meta, episode_reward, episode_step = begin_episode()
+        last_dump = time.time()
         while self.step < train_until:
             if time_step["is_last"]:
                 self.episode += 1
                 elapsed = time.time() - last_dump
                 last_dump = time.time()
                 self.logger.log_metrics({
-                    "fps": episode_step * repeat / max(elapsed, 1e-9), "total_time": time.time() - self.start_time,
+                    "fps": episode_step * repeat / max(elapsed, 1e-9), "total_time": self.total_time(),
                     "episode_reward": episode_reward, "episode_length": episode_step * repeat,
                     "episode": self.episode, "buffer_size": len(self.replay), "step": self.step,
                 }, self.frame, "train")
                 self.logger.dump(self.frame, "train")
-                time_step, state = env.reset(), None
-                meta = agent.init_meta()
-                self.store(time_step)
-                episode_reward, episode_step = 0.0, 0
+                if snapshot_written or time.time() - self.last_checkpoint >= checkpoint_every_s:
+                    self.save_checkpoint()
+                    snapshot_written = False
+                time_step, state, meta, episode_reward, episode_step = begin_episode()
 
             if (self.step > 0 and self.step % eval_every == 0) or (self.step == 0 and eval_at_start):
                 self.evaluate()
@@ -204,13 +277,14 @@ class OnlineRunner:
             else:
                 action, state = agent.act(time_step, meta, self.step, eval_mode=False, state=state)
 
-            log_due = log_due or self.step % log_every == 0
+            self.log_due = self.log_due or self.step % log_every == 0
             if self.step >= seed_until and self.step % update_every == 0 and self.replay.can_sample():
                 metrics = agent.update(self.replay.sample())
                 self.updates += 1
-                if log_due:
+                check_finite(metrics, self.step, self.frame)
+                if self.log_due:
                     self.logger.log_metrics(metrics, self.frame, "train")
-                    log_due = False
+                    self.log_due = False
 
             time_step = env.step(action)
             episode_reward += time_step["reward"]
@@ -221,8 +295,11 @@ class OnlineRunner:
                 meta = agent.update_meta(meta, self.step)
             while pending and self.frame >= pending[0]:
                 self.save_snapshot(pending.pop(0))
+                snapshot_written = True
         if self.phase == "finetune" and cfg.get("save_ft_model"):
             save_snapshot(self.snapshot_payload(), self.run_dir / "finetuned_snapshot.pt")
+        # A finished run re-launched in the same folder resumes here and stops at once.
+        self.save_checkpoint()
         self.logger.close()
 
     # ---------------------------------------------------------------------------------- evaluation
@@ -238,6 +315,7 @@ class OnlineRunner:
         """One evaluation episode; ``counter`` is the evaluation's cumulative step count (spec 11.2)."""
         env, agent = self.eval_env, self.agent
         time_step, state = env.reset(task_id=task_id), None
+        self.eval_resets += 1
         if pick_skill is not None:
             meta = pick_skill(env, time_step)
         total = 0.0
@@ -265,7 +343,7 @@ class OnlineRunner:
         metrics = {
             "episode_reward": sum(returns) / episodes,
             "episode_length": counter[0] * cfg.action_repeat / episodes,
-            "episode": self.episode, "step": self.step, "total_time": time.time() - self.start_time,
+            "episode": self.episode, "step": self.step, "total_time": self.total_time(),
         }
         threshold = {"mw": 0.0, "jaco": 1e-4}.get(self.domain)
         if threshold is not None and (self.domain == "mw" or eval_goals):

@@ -1,0 +1,143 @@
+"""Reliability: a run killed with SIGKILL resumes to exactly the run it would have been, resume=never
+refuses, non-finite losses stop the run, and bad input gets one line naming it."""
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, TINY, compose_config
+from utils.errors import UserError
+from utils.runner import OnlineRunner, TrainingDiverged, check_finite
+from utils.snapshot import SnapshotError, load_snapshot, save_snapshot
+
+RUN = ["configs=dmc_states", "num_train_frames=3000", "num_seed_frames=1000", "log_every_frames=100",
+       "checkpoint_every_min=0", "snapshots=[]", "seed=3"]
+
+
+def pretrain_command(run_dir):
+    return [sys.executable, str(REPO / "pretrain.py"), *TINY, *RUN, f"hydra.run.dir={run_dir}"]
+
+
+def csv_rows(path, drop=("fps", "total_time")):
+    with path.open() as handle:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(handle)]
+
+
+def replay_files(run_dir):
+    return {path.name.split("_", 1)[1]: np.load(path) for path in sorted((run_dir / "buffer").glob("*.npz"))}
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    straight = tmp_path / "straight"
+    subprocess.run(pretrain_command(straight), cwd=tmp_path, check=True, capture_output=True, timeout=900)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(pretrain_command(killed), cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    for line in process.stdout:
+        if line.startswith("| train | F: 2000"):
+            break
+    time.sleep(1.5)  # well into the third episode: updates running, replay partly filled
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = subprocess.run(pretrain_command(killed), cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout and "at frame 2000" in resumed.stdout, resumed.stdout
+
+    final_straight = load_snapshot(straight / "checkpoint.pt")
+    final_killed = load_snapshot(killed / "checkpoint.pt")
+    assert final_straight["global_step"] == final_killed["global_step"] == 3000
+    assert final_straight["updates"] == final_killed["updates"]
+    modules_a, modules_b = final_straight["agent"]["modules"], final_killed["agent"]["modules"]
+    for key, value in modules_a.items():
+        if torch.is_tensor(value):
+            assert torch.equal(value, modules_b[key]), key
+    assert csv_rows(straight / "train.csv") == csv_rows(killed / "train.csv")
+    files_a, files_b = replay_files(straight), replay_files(killed)
+    assert files_a.keys() == files_b.keys() and len(files_a) == 3
+    for name in files_a:
+        for key in files_a[name].files:
+            np.testing.assert_array_equal(files_a[name][key], files_b[name][key])
+
+
+def test_resume_never_refuses_a_folder_with_a_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_snapshot({"phase": "pretrain"}, run_dir / "checkpoint.pt")
+    cfg = compose_config(TINY + ["resume=never"])
+    with pytest.raises(UserError, match="already holds a checkpoint.*resume=never"):
+        OnlineRunner(cfg, run_dir)
+
+
+def test_non_finite_loss_stops_with_step_and_loss_named():
+    metrics = {"model_loss": torch.tensor(1.0), "actor_loss": torch.tensor(float("nan")), "critic": torch.tensor(2.0)}
+    with pytest.raises(TrainingDiverged, match=r"step 42 \(frame 84\): actor_loss=nan"):
+        check_finite(metrics, 42, 84)
+    check_finite({"model_loss": torch.tensor(1.0)}, 1, 1)
+
+
+def _corrupt_snapshot(path):
+    save_snapshot({"agent": {}, "obs_type": "states", "domain": "walker"}, path)
+    path.write_bytes(path.read_bytes()[:40])
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def _pickled_snapshot(path):
+    torch.save({"agent": _Payload()}, path)
+
+
+BAD_CONFIGS = [
+    (["domain=cheetah"], "unknown domain 'cheetah'; valid domains: walker"),
+    (["task=walker_jog"], "walker_jog"),
+    (["num_train_frames=-5"], "num_train_frames=-5 must be a positive number"),
+    (["num_train_frames=abc"], "num_train_frames='abc' must be a positive number"),
+    (["batch_size=0"], "batch_size=0 must be a positive number"),
+    (["batch_length=1"], "batch_length=1 must be at least 2"),
+    (["num_seed_frames=-1"], "num_seed_frames=-1 must be >= 0"),
+    (["precision=8"], "precision=8 is not supported; valid: 32, 16"),
+    (["device=tpu"], "device='tpu' is not valid"),
+    (["resume=maybe"], "resume='maybe' is not valid; valid: auto, never"),
+    (["obs_type=rgb"], "unknown obs_type 'rgb'; valid: states, pixels"),
+    (["action_repeat=0"], "action_repeat=0 must be a positive number"),
+    (["task=mw_reach", "seed=12"], "seed 12"),
+    (["task=mw_reach", "seed=1", "+task_id=60"], "task_id"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_CONFIGS, ids=[" ".join(o) for o, _ in BAD_CONFIGS])
+def test_bad_config_values_get_one_line_naming_them(tmp_path, overrides, message):
+    cfg = compose_config(TINY + overrides)
+    with pytest.raises(UserError) as error:
+        OnlineRunner(cfg, tmp_path / "run")
+    text = str(error.value)
+    assert message in text and "\n" not in text, text
+
+
+BAD_SNAPSHOTS = [
+    ("missing", None, "snapshot not found"),
+    ("truncated", _corrupt_snapshot, "is corrupt or truncated"),
+    ("pickled code", _pickled_snapshot, "refusing to load"),
+    ("not a dict", lambda path: torch.save([1, 2, 3], path), "does not hold a dict"),
+]
+
+
+@pytest.mark.parametrize("name, write, message", BAD_SNAPSHOTS, ids=[b[0] for b in BAD_SNAPSHOTS])
+def test_bad_snapshot_files_get_one_line(tmp_path, capsys, name, write, message):
+    path = tmp_path / "snapshot_100.pt"
+    if write:
+        write(path)
+    with pytest.raises(SnapshotError) as error:
+        load_snapshot(path)
+    assert message in str(error.value) and str(path) in str(error.value)
+    assert "this must never run" not in capsys.readouterr().out
