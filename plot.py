@@ -1,0 +1,312 @@
+"""Learning curves and a results table from the CSV logs of several runs.
+
+    python plot.py RUN [RUN ...] [--csv eval|train] [--out plots] [--task TASK] [--label NAME]
+
+RUN is a run folder, a folder holding run folders (searched recursively, e.g. a sweep folder),
+a CSV file, or a glob of any of these (quote it: ``'exp_sweep/2026.*/*'``). Each run's task, seed
+and method come from its ``.hydra/config.yaml`` (``task``, else the primal task of ``domain``;
+``seed``; ``agent.name``) when present, else from ``--task`` / ``--label``, else from the folder
+names (a task name such as ``walker_run`` and ``seed=3`` / ``seed_3`` / ``seed3`` anywhere in the
+path; runs without a seed count as separate seeds).
+
+Writes into ``--out``:
+
+* ``<csv>_curves.png``: one panel per task, x = ``frame``, y = ``episode_reward``; per method the
+  mean over seeds and a shaded spread (``--spread std|sem|minmax``, default std). Seeds are
+  linearly interpolated onto the union of their x values, each within its own range.
+* ``<csv>_results.md`` (also printed): per task and method the final return (mean of the last
+  ``--last`` rows of each run) and its expert-normalised score, then per method the mean, median
+  and interquartile mean (IQM) of the normalised scores with 95% stratified-bootstrap confidence
+  intervals (``--resamples`` 2000; seeds resampled with replacement within each task).
+
+Aggregates (as in rliable): mean = mean over tasks of the per-task mean over seeds; median =
+median over tasks of the per-task means; IQM = mean of the middle 50% of all run scores (run x task,
+the lowest and highest ``floor(n/4)`` dropped). Tasks without an expert score (mw_reach) appear in
+the per-task table only.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import math
+import re
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from utils.errors import UserError
+
+# URLB expert scores (Laskin et al. 2021), used by the Choreographer paper to normalise returns.
+EXPERT_SCORES = {
+    "walker_stand": 984.0, "walker_walk": 971.0, "walker_run": 796.0, "walker_flip": 799.0,
+    "quadruped_walk": 866.0, "quadruped_run": 888.0, "quadruped_stand": 920.0, "quadruped_jump": 888.0,
+    "jaco_reach_top_left": 191.0, "jaco_reach_top_right": 223.0, "jaco_reach_bottom_left": 193.0,
+    "jaco_reach_bottom_right": 203.0,
+}
+PRIMAL_TASKS = {"walker": "walker_stand", "quadruped": "quadruped_walk", "jaco": "jaco_reach_top_left",
+                "mw": "mw_reach"}
+KNOWN_TASKS = sorted(set(EXPERT_SCORES) | {"mw_reach"}, key=len, reverse=True)
+SEED_PATTERN = re.compile(r"seed[=_-]?(\d+)", re.IGNORECASE)
+
+
+@dataclass
+class Run:
+    path: Path  # the CSV file
+    task: str
+    seed: str
+    label: str
+    x: np.ndarray = field(repr=False)
+    y: np.ndarray = field(repr=False)
+
+
+# ------------------------------------------------------------------------------------------ runs
+def find_csvs(specs: list[str], csv_name: str) -> list[Path]:
+    found: list[Path] = []
+    for spec in specs:
+        matches = sorted(glob.glob(str(Path(spec).expanduser()), recursive=True)) or []
+        if not matches:
+            raise UserError(f"no run matches '{spec}'")
+        for match in map(Path, matches):
+            if match.is_file():
+                if match.suffix != ".csv":
+                    raise UserError(f"{match} is not a CSV file or run folder")
+                found.append(match)
+            elif (match / csv_name).is_file():
+                found.append(match / csv_name)
+            else:
+                found.extend(sorted(p for p in match.rglob(csv_name) if p.is_file()))
+    unique = list(dict.fromkeys(path.resolve() for path in found))
+    if not unique:
+        raise UserError(f"no {csv_name} found in {', '.join(specs)}")
+    return unique
+
+
+def read_config(run_dir: Path) -> dict:
+    config = run_dir / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return {}
+    from omegaconf import OmegaConf
+    try:
+        return OmegaConf.to_container(OmegaConf.load(config), resolve=False) or {}
+    except Exception:  # an unreadable config falls back to arguments and folder names
+        return {}
+
+
+def describe(csv_path: Path, task_arg: str | None, label_arg: str | None, index: int) -> tuple[str, str, str]:
+    """(task, seed, label) of a run: its Hydra config, else the arguments, else the folder names."""
+    config = read_config(csv_path.parent)
+    task = config.get("task")
+    task = task if isinstance(task, str) and task not in ("none", "") else None
+    if task is None and config.get("domain") in PRIMAL_TASKS:
+        task = PRIMAL_TASKS[config["domain"]]
+    text = str(csv_path.parent)
+    task = task or task_arg or next((name for name in KNOWN_TASKS if name in text), None) or "unknown"
+    seed = config.get("seed")
+    if seed is None:
+        match = SEED_PATTERN.findall(text)
+        seed = match[-1] if match else f"run{index}"
+    agent = config.get("agent")
+    label = label_arg or (agent.get("name") if isinstance(agent, dict) else None) or "choreo"
+    return task, str(seed), label
+
+
+def read_curve(path: Path, x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [key for key in (x_key, y_key) if key not in (reader.fieldnames or [])]
+        if missing:
+            raise UserError(f"{path} has no column {', '.join(missing)}; columns: {', '.join(reader.fieldnames or [])}")
+        for row in reader:
+            try:
+                x, y = float(row[x_key]), float(row[y_key])
+            except (TypeError, ValueError):
+                continue  # rows without this metric
+            if math.isfinite(x) and math.isfinite(y):
+                xs.append(x)
+                ys.append(y)
+    order = np.argsort(xs, kind="stable")
+    return np.asarray(xs)[order], np.asarray(ys)[order]
+
+
+def load_runs(specs: list[str], csv_name: str, x_key: str, y_key: str, task: str | None,
+              label: str | None) -> list[Run]:
+    runs = []
+    for index, path in enumerate(find_csvs(specs, csv_name)):
+        x, y = read_curve(path, x_key, y_key)
+        if len(x) == 0:
+            print(f"warning: {path} has no {y_key} rows; skipped", file=sys.stderr)
+            continue
+        run_task, seed, run_label = describe(path, task, label, index)
+        runs.append(Run(path, run_task, seed, run_label, x, y))
+    if not runs:
+        raise UserError(f"none of the runs has {y_key} rows")
+    return runs
+
+
+# ------------------------------------------------------------------------------------- curves
+def aggregate_curves(runs: list[Run], spread: str = "std") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x, mean, low, high) over the runs on the union of their x values."""
+    grid = np.unique(np.concatenate([run.x for run in runs]))
+    values = np.full((len(runs), len(grid)), np.nan)
+    for i, run in enumerate(runs):
+        inside = (grid >= run.x[0]) & (grid <= run.x[-1])
+        values[i, inside] = np.interp(grid[inside], run.x, run.y)
+    count = np.sum(~np.isnan(values), 0)
+    mean = np.nanmean(values, 0)
+    if spread == "minmax":
+        low, high = np.nanmin(values, 0), np.nanmax(values, 0)
+    else:
+        std = np.sqrt(np.nanmean((values - mean) ** 2, 0))
+        if spread == "sem":
+            std = std / np.sqrt(count)
+        low, high = mean - std, mean + std
+    return grid, mean, low, high
+
+
+def plot_curves(runs: list[Run], path: Path, x_key: str, y_key: str, spread: str, title: str) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({run.task for run in runs})
+    labels = sorted({run.label for run in runs})
+    cols = min(4, len(tasks))
+    rows = math.ceil(len(tasks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, task in zip(axes.flat, tasks):
+        for j, label in enumerate(labels):
+            group = [run for run in runs if run.task == task and run.label == label]
+            if not group:
+                continue
+            x, mean, low, high = aggregate_curves(group, spread)
+            colour = colours[j % len(colours)]
+            ax.plot(x, mean, color=colour, label=f"{label} ({len(group)} seeds)")
+            if len(group) > 1:
+                ax.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
+        ax.set_title(task)
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(y_key)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+# -------------------------------------------------------------------------------------- table
+def trimmed_mean(values: np.ndarray, proportion: float = 0.25, axis: int = -1) -> np.ndarray:
+    """Mean after dropping floor(proportion * n) values at each end (scipy.stats.trim_mean)."""
+    values = np.sort(values, axis=axis)
+    n = values.shape[axis]
+    cut = int(proportion * n)
+    return np.take(values, np.arange(cut, n - cut), axis=axis).mean(axis=axis)
+
+
+def aggregates(per_task: list[np.ndarray]) -> dict[str, float]:
+    """Mean, median and IQM of normalised scores given one array of seed scores per task."""
+    means = np.array([scores.mean() for scores in per_task])
+    return {"mean": float(means.mean()), "median": float(np.median(means)),
+            "iqm": float(trimmed_mean(np.concatenate(per_task)))}
+
+
+def bootstrap(per_task: list[np.ndarray], resamples: int = 2000, confidence: float = 0.95,
+              seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile confidence intervals of the aggregates, resampling seeds within each task."""
+    rng = np.random.default_rng(seed)
+    samples = [scores[rng.integers(0, len(scores), (resamples, len(scores)))] for scores in per_task]
+    means = np.stack([sample.mean(1) for sample in samples], 1)  # (R, tasks)
+    stats = {"mean": means.mean(1), "median": np.median(means, 1),
+             "iqm": trimmed_mean(np.concatenate(samples, 1), axis=1)}
+    tail = (1 - confidence) / 2 * 100
+    return {key: (float(np.percentile(value, tail)), float(np.percentile(value, 100 - tail)))
+            for key, value in stats.items()}
+
+
+def final_score(run: Run, last: int) -> float:
+    return float(run.y[-last:].mean())
+
+
+def results_table(runs: list[Run], y_key: str, last: int = 1, resamples: int = 2000) -> str:
+    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[(run.label, run.task)].append(run)
+    lines = [f"Final {y_key} (mean of the last {last} row{'s' if last > 1 else ''} of each run), "
+             "normalised by the URLB expert score.", "",
+             "| method | task | seeds | return (mean ± std) | expert | normalised (mean ± std) |",
+             "|---|---|---|---|---|---|"]
+    normalised: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+    for (label, task), group in sorted(groups.items()):
+        scores = np.array([final_score(run, last) for run in sorted(group, key=lambda r: r.seed)])
+        expert = EXPERT_SCORES.get(task)
+        norm_text = "-"
+        if expert is not None:
+            norm = scores / expert
+            normalised[label][task] = norm
+            norm_text = f"{norm.mean():.3f} ± {norm.std():.3f}"
+        expert_text = f"{expert:.0f}" if expert is not None else "-"
+        lines.append(f"| {label} | {task} | {len(scores)} | {scores.mean():.1f} ± {scores.std():.1f} | "
+                     f"{expert_text} | {norm_text} |")
+    if normalised:
+        lines += ["", f"Expert-normalised aggregates with 95% stratified-bootstrap confidence intervals "
+                      f"({resamples} resamples of the seeds within each task).", "",
+                  "| method | tasks | runs | mean [95% CI] | median [95% CI] | IQM [95% CI] |",
+                  "|---|---|---|---|---|---|"]
+        for label, by_task in sorted(normalised.items()):
+            per_task = [by_task[task] for task in sorted(by_task)]
+            point, interval = aggregates(per_task), bootstrap(per_task, resamples)
+            cells = [f"{point[key]:.3f} [{interval[key][0]:.3f}, {interval[key][1]:.3f}]"
+                     for key in ("mean", "median", "iqm")]
+            lines.append(f"| {label} | {len(per_task)} | {sum(map(len, per_task))} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> tuple[Path, Path]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="run folders, folders of runs, CSV files or globs")
+    parser.add_argument("--csv", default="eval", help="which log: eval (default), train, or a file name")
+    parser.add_argument("--out", default="plots", help="output folder (default ./plots)")
+    parser.add_argument("--x", default="frame", help="x column (default frame)")
+    parser.add_argument("--y", default="episode_reward", help="y column (default episode_reward)")
+    parser.add_argument("--task", help="task of runs whose config and path do not name one")
+    parser.add_argument("--label", help="method name for all runs (default: agent.name from the config)")
+    parser.add_argument("--spread", choices=("std", "sem", "minmax"), default="std")
+    parser.add_argument("--last", type=int, default=1, help="rows averaged for the final score (default 1)")
+    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    args = parser.parse_args(argv)
+    if args.last < 1 or args.resamples < 1:
+        raise UserError("--last and --resamples must be positive")
+    csv_name = args.csv if args.csv.endswith(".csv") else f"{args.csv}.csv"
+    runs = load_runs(args.runs, csv_name, args.x, args.y, args.task, args.label)
+    out = Path(args.out).expanduser()
+    stem = Path(csv_name).stem
+    png = plot_curves(runs, out / f"{stem}_curves.png", args.x, args.y, args.spread,
+                      f"{stem}: {len(runs)} runs")
+    table = results_table(runs, args.y, args.last, args.resamples)
+    md = out / f"{stem}_results.md"
+    md.write_text(table)
+    print(table)
+    print(f"wrote {png}")
+    print(f"wrote {md}")
+    return png, md
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as error:
+        sys.exit(f"error: {error}")

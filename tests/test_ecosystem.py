@@ -1,0 +1,264 @@
+"""Ecosystem: videos, open-loop reports, skill GIFs, plots and tables, progress bar, sweeps, wandb."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, TINY, batch_from_rollout, compose_config, walker_rollout
+
+PRETRAIN = [sys.executable, str(REPO / "pretrain.py")]
+TINY_RUN = ["preset=cpu", "batch_size=4", "batch_length=16", "imag_starts=32", "snapshots=[]"]
+
+
+def gif_frames(path) -> tuple[int, tuple[int, int], list[int]]:
+    """(frame count, (width, height), per-frame durations in ms) of a GIF file or bytes."""
+    image = Image.open(io.BytesIO(path) if isinstance(path, bytes) else path)
+    durations = []
+    for index in range(image.n_frames):
+        image.seek(index)
+        durations.append(image.info["duration"])
+    return image.n_frames, image.size, durations
+
+
+# --------------------------------------------------------------------------------------- videos
+def test_video_recorder_writes_gif_atomically_and_falls_back_from_mp4(tmp_path, monkeypatch, capsys):
+    from utils import video
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (6, 3, 16, 16), dtype=np.uint8)
+    recorder = video.VideoRecorder(tmp_path / "eval_video", fps=20)
+    recorder.init(enabled=False)
+    recorder.record(frames[0])
+    assert recorder.save("skip.gif") is None and not (tmp_path / "eval_video").exists()
+    recorder.init(enabled=True)
+    for frame in frames:
+        recorder.record(frame)
+    path = recorder.save("1000.gif")
+    assert path == tmp_path / "eval_video" / "1000.gif"
+    count, size, durations = gif_frames(path)
+    assert (count, size, durations) == (6, (16, 16), [50] * 6)
+    decoded = np.asarray(Image.open(path).convert("RGB"))
+    assert np.abs(decoded.astype(int) - frames[0].transpose(1, 2, 0)).mean() < 40  # palette quantisation only
+    assert sorted(p.name for p in path.parent.iterdir()) == ["1000.gif"]  # no temporary file left
+
+    monkeypatch.setattr(video, "has_ffmpeg", lambda: False)
+    monkeypatch.setattr(video, "_warned_no_ffmpeg", False)
+    written = video.write_video(tmp_path / "ep.mp4", frames, fps=10)
+    assert written == tmp_path / "ep.gif" and gif_frames(written)[0] == 6
+    video.write_video(tmp_path / "ep2.mp4", frames, fps=10)
+    assert capsys.readouterr().err.count("imageio-ffmpeg is not installed") == 1
+
+
+def test_tile_videos_places_each_video_in_its_cell():
+    from utils.video import tile_videos
+    videos = np.zeros((3, 2, 3, 4, 5), np.uint8)
+    for i in range(3):
+        videos[i] = i + 1
+    grid = tile_videos(videos)  # 3 tiles -> 2 x 2, the last cell empty
+    assert grid.shape == (2, 3, 8, 10)
+    assert (grid[:, :, :4, :5] == 1).all() and (grid[:, :, :4, 5:] == 2).all()
+    assert (grid[:, :, 4:, :5] == 3).all() and (grid[:, :, 4:, 5:] == 0).all()
+
+
+def test_log_video_tb_writes_an_animated_gif_summary(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from utils.video import log_video_tb
+    frames = torch.randint(0, 256, (5, 3, 12, 20), dtype=torch.uint8)
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    log_video_tb(writer, "train/openl_observation", frames, step=4000, fps=15)
+    writer.close()
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert events.Tags()["images"] == ["train/openl_observation"]
+    (event,) = events.Images("train/openl_observation")
+    assert (event.step, event.width, event.height) == (4000, 20, 12)
+    count, size, _ = gif_frames(event.encoded_image_string)
+    assert event.encoded_image_string.startswith(b"GIF89a") and count == 5 and size == (20, 12)
+
+
+# ------------------------------------------------------------------------------------- report
+def test_openloop_video_rows_and_shape(tiny_config):
+    from agent.report import openloop_video
+    from utils.runner import build_agent
+    torch.manual_seed(0)
+    cfg = tiny_config("configs=dmc_pixels")
+    agent = build_agent(cfg, (3, 64, 64), 6, torch.device("cpu"))
+    batch = batch_from_rollout(walker_rollout("pixels", 20), batch_size=2, length=10)
+    video = openloop_video(agent, batch, context=5, sequences=8)
+    assert video.shape == (10, 3, 3 * 64, 2 * 64) and video.dtype == np.uint8
+    for n in range(2):
+        truth = video[:, :, :64, n * 64:(n + 1) * 64]
+        assert np.array_equal(truth, batch["observation"][n].numpy())
+    model, skill = video[:, :, 64:128], video[:, :, 128:]
+    assert np.array_equal(model[:5], skill[:5])  # both rows show the posterior recon for the context
+    assert not np.array_equal(model[5:], skill[5:])  # then the VQ bottleneck changes the prediction
+    with pytest.raises(ValueError, match="pixel"):
+        openloop_video(agent, {**batch, "observation": torch.zeros(2, 10, 24)})
+
+
+# ---------------------------------------------------------------------------------- skill GIFs
+@pytest.fixture(scope="module")
+def tiny_snapshot(tmp_path_factory):
+    from utils.runner import build_agent, plain
+    from utils.snapshot import save_snapshot
+    cfg = compose_config(TINY + ["configs=dmc_states"])
+    agent = build_agent(cfg, (24,), 6, torch.device("cpu"))
+    agent.skill_module.cluster_size.copy_(torch.tensor([1.0, 5.0, 3.0, 0.0]))
+    path = tmp_path_factory.mktemp("snapshot") / "snapshot_0.pt"
+    save_snapshot({"agent": agent.snapshot_state(), "config": plain(cfg), "obs_type": "states", "domain": "walker",
+                   "task": "walker_stand", "action_repeat": 1, "global_frame": 0}, path)
+    return path
+
+
+def test_visualize_skills_writes_one_tile_per_skill(tiny_snapshot, tmp_path):
+    steps = 6
+    result = subprocess.run([sys.executable, str(REPO / "visualize_skills.py"), f"snapshot={tiny_snapshot}",
+                             "task=walker_walk", f"steps={steps}", f"out={tmp_path}", "frames=3"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    count, size, durations = gif_frames(tmp_path / "skills_walker_walk.gif")
+    assert size == (2 * 64, 2 * 64)  # 4 skills -> 2 x 2 tiles of 64 x 64
+    assert count == steps and durations == [50] * steps
+    sheet = Image.open(tmp_path / "skills_walker_walk.png")
+    assert sheet.size == (28 + 3 * 64, 4 * 64)  # label column + 3 frames, one row per skill
+
+    # skills=2 picks the two most used codes (cluster_size 5 and 3) in that order.
+    from visualize_skills import load_agent, select_skills
+    agent, env, task, _ = load_agent(str(tiny_snapshot), None, 1, "cpu")
+    env.close()
+    assert task == "walker_stand" and select_skills(agent, 2) == [1, 2] and select_skills(agent, None) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["snapshot=/nonexistent/snapshot.pt"], "error: snapshot not found: /nonexistent/snapshot.pt"),
+    (["task=walker_jump"], "error: unknown task 'walker_jump'"),
+    (["task=quadruped_walk"], "error: task 'quadruped_walk' is of domain quadruped"),
+])
+def test_visualize_skills_errors_are_one_line(tiny_snapshot, tmp_path, args, message):
+    if not args[0].startswith("snapshot="):
+        args = [f"snapshot={tiny_snapshot}"] + args
+    result = subprocess.run([sys.executable, str(REPO / "visualize_skills.py"), *args, f"out={tmp_path}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert not list(tmp_path.glob("*.gif"))
+
+
+# --------------------------------------------------------------------------------------- plots
+def write_csv(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["episode,episode_reward,frame,step"] + [f"{i},{reward},{frame},{frame}"
+                                                     for i, (frame, reward) in enumerate(rows, 1)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_plot_writes_png_and_normalised_table(tmp_path):
+    # walker_stand (expert 984): final returns 492 and 984 -> 0.5, 1.0
+    write_csv(tmp_path / "runs" / "a" / "eval.csv", [(1000, 100), (2000, 492)])
+    write_csv(tmp_path / "runs" / "b" / "eval.csv", [(1000, 200), (2000, 984)])
+    # walker_run (expert 796), task and seed from the run's Hydra config: 199 -> 0.25, 597 -> 0.75
+    for seed, reward in ((1, 199), (2, 597)):
+        run = tmp_path / "sweep" / str(seed - 1)
+        write_csv(run / "eval.csv", [(1000, 0), (2000, reward)])
+        (run / ".hydra").mkdir()
+        (run / ".hydra" / "config.yaml").write_text(f"task: walker_run\nseed: {seed}\nagent:\n  name: choreo\n")
+    out = tmp_path / "plots"
+    result = subprocess.run([sys.executable, str(REPO / "plot.py"), str(tmp_path / "runs" / "a" / "eval.csv"),
+                             str(tmp_path / "runs" / "b" / "eval.csv"), str(tmp_path / "sweep" / "*"),
+                             "--task", "walker_stand", "--out", str(out), "--resamples", "500"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    png = Image.open(out / "eval_curves.png")
+    assert png.format == "PNG" and png.size[0] > 400  # two panels side by side
+    table = (out / "eval_results.md").read_text()
+    assert table in result.stdout
+    assert "| choreo | walker_stand | 2 | 738.0 ± 246.0 | 984 | 0.750 ± 0.250 |" in table
+    assert "| choreo | walker_run | 2 | 398.0 ± 199.0 | 796 | 0.500 ± 0.250 |" in table
+    # mean of task means (0.75, 0.5) = 0.625 = median of two; IQM of {0.25, 0.5, 0.75, 1.0} = mean(0.5, 0.75)
+    aggregate = next(line for line in table.splitlines() if line.startswith("| choreo | 2 | 4 |"))
+    cells = [cell.strip() for cell in aggregate.strip("|").split("|")]
+    assert [cell.split(" [")[0] for cell in cells[3:]] == ["0.625", "0.625", "0.625"]
+    low, high = (float(v) for v in cells[3].split("[")[1].rstrip("]").split(","))
+    assert 0.375 <= low < 0.625 < high <= 0.875  # bounds of the bootstrap: each task's seed range
+
+
+def test_plot_aggregates_match_hand_computation():
+    from plot import aggregates, bootstrap, trimmed_mean
+    scores = [np.array([0.1, 0.2, 0.3, 0.4]), np.array([1.0, 1.0, 1.0, 1.0])]
+    point = aggregates(scores)
+    assert point["mean"] == pytest.approx((0.25 + 1.0) / 2)
+    assert point["median"] == pytest.approx((0.25 + 1.0) / 2)
+    assert point["iqm"] == pytest.approx(np.mean([0.3, 0.4, 1.0, 1.0]))  # 8 scores, 2 dropped at each end
+    assert trimmed_mean(np.array([5.0, 1.0, 3.0])) == pytest.approx(3.0)
+    interval = bootstrap(scores, resamples=2000)
+    assert interval["mean"][0] < point["mean"] < interval["mean"][1]
+    assert bootstrap([np.array([0.5, 0.5])], resamples=100)["iqm"] == (0.5, 0.5)
+
+
+# ------------------------------------------------------------------------------------ progress
+def test_progress_bar_writes_lines_above_itself_and_stays_off_without_terminal(capsys):
+    from utils.progress import Progress
+    stream = io.StringIO()
+    bar = Progress(2000, unit="frame", desc="train", enabled=True, file=stream)
+    bar.update(500)
+    bar.write("| train | F: 500 |")
+    bar.set(1000)
+    bar.close()
+    text = stream.getvalue()
+    assert "| train | F: 500 |\n" in text and "train:" in text and "1.00k/2.00k frames" in text
+    off = Progress(2000)  # pytest captures stdout: not a terminal
+    assert not off.enabled
+    off.update(100)
+    off.write("plain line")
+    off.close()
+    assert capsys.readouterr().out == "plain line\n"
+
+
+# ------------------------------------------------------------------------------ sweeps, wandb
+def test_local_multirun_writes_one_run_folder_per_job(tmp_path):
+    command = PRETRAIN + ["-m", "seed=1,2", *TINY_RUN, "num_train_frames=200", "num_seed_frames=200"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "exp_sweep").glob("*/*_choreo_pt")  # pretrain.yaml's hydra.sweep.dir
+    for job, seed in ((0, 1), (1, 2)):
+        run = sweep / str(job)
+        assert (run / "pretrain.log").is_file() and (run / "tb").is_dir()
+        assert f"seed: {seed}\n" in (run / ".hydra" / "config.yaml").read_text()
+
+
+def test_slurm_launcher_config_composes_without_a_cluster(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    result = subprocess.run(PRETRAIN + ["hydra/launcher=choreo_slurm", "--cfg", "hydra"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    launcher = result.stdout.split("\n  launcher:\n", 1)[1].split("\n  sweeper:", 1)[0]
+    for line in ("timeout_min: 4300", "cpus_per_task: 10", "gpus_per_node: 1", "mem_gb: 160",
+                 "_target_: hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"):
+        assert f"    {line}\n" in launcher + "\n", launcher
+    default = subprocess.run(PRETRAIN + ["--cfg", "hydra"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "basic_launcher.BasicLauncher" in default.stdout
+
+
+def test_wandb_offline_writes_its_run_into_the_run_folder(tmp_path):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_CONFIG_DIR=str(tmp_path / "wandb_config"),
+               WANDB_CACHE_DIR=str(tmp_path / "wandb_cache"), WANDB_DATA_DIR=str(tmp_path / "wandb_data"))
+    run_dir = tmp_path / "run"
+    # 1001 frames: the first episode ends at frame 1000, so one train line reaches wandb.
+    command = PRETRAIN + [*TINY_RUN, "num_train_frames=1001", "num_seed_frames=1001", "use_wandb=true",
+                          f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    (records,) = offline.glob("run-*.wandb")
+    data = records.read_bytes()
+    assert b"train/episode_reward" in data and b"choreo_pretrain" in data

@@ -1,0 +1,249 @@
+"""Offline pre-training from a fixed dataset in the ExORL layout (spec agent.md 8.2, 11.4, 12;
+envs_and_data.md 6; decisions 6, 15, 17).
+
+``OfflineRunner`` reads the dataset (``utils.exorl``), holds out a few episodes for validation,
+and runs ``num_train_updates`` updates of the world model, the VQ skill module and the skill
+actor-critic (no exploration), one ``batch_size x batch_length`` batch each. Counters: updates;
+the console's frame F = updates x ``train_every_actions`` (10), as the original logs them, and the
+x axis of the logs. Re-running a command on the same run folder continues from its checkpoint.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra.utils
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+import envs
+from utils import exorl
+from utils.device import resolve_device
+from utils.errors import UserError
+from utils.logger import Logger
+from utils.replay import EpisodeReplay
+from utils.checkpoint import checkpoint_path, global_rng_state, set_global_rng_state
+from utils.runner import build_agent, check_config, check_finite, plain
+from utils.seeding import seed_everything
+from utils.snapshot import load_snapshot, save_snapshot
+
+EVAL_KEYS = ("model_loss", "observation_loss", "kl_loss", "reward_loss", "model_kl")
+
+
+def _positive_int(cfg: DictConfig, key: str) -> int:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UserError(f"{key}={value!r} must be a positive integer")
+    return value
+
+
+def check_offline_config(cfg: DictConfig) -> None:
+    """One line per bad value of the offline keys (the shared ones go through ``check_config``)."""
+    check_config(cfg)
+    for key in ("num_train_updates", "log_every_updates", "eval_every_updates", "train_every_actions"):
+        _positive_int(cfg, key)
+    snapshots = cfg.get("snapshots") or []
+    for value in snapshots:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or int(value) != value:
+            raise UserError(f"snapshots={list(snapshots)!r} must list positive update counts")
+    fraction = cfg.get("holdout_fraction")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise UserError(f"holdout_fraction={fraction!r} must be a number in [0, 1)")
+    if cfg.get("max_episodes") is not None:
+        _positive_int(cfg, "max_episodes")
+    if cfg.get("resume", "auto") not in ("auto", "never"):
+        raise UserError(f"resume={cfg.resume!r} is not valid; valid: auto, never")
+    if cfg.on_bad_file not in exorl.BAD_FILE_MODES:
+        raise UserError(f"on_bad_file={cfg.on_bad_file!r} is not valid; valid: {', '.join(exorl.BAD_FILE_MODES)}")
+    if cfg.domain not in envs.TASKS:
+        raise UserError(f"unknown domain '{cfg.domain}'; valid domains: {', '.join(envs.TASKS)}")
+    if cfg.get("task") and cfg.task not in envs.TASKS[cfg.domain]:
+        raise UserError(f"task={cfg.task} is not a {cfg.domain} task; valid: {', '.join(envs.TASKS[cfg.domain])}")
+
+
+def holdout_split(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) episode positions: round(fraction x count) held out, at least 1 when
+    fraction > 0 and there are >= 2 episodes, chosen by a seeded draw; both lists in file order."""
+    held = 0
+    if fraction > 0 and count >= 2:
+        held = min(count - 1, max(1, int(round(fraction * count))))
+    picks = set(np.random.default_rng(seed).choice(count, size=held, replace=False).tolist()) if held else set()
+    train = [i for i in range(count) if i not in picks]
+    return train, sorted(picks)
+
+
+def make_replay(episodes: list[dict[str, np.ndarray]], batch_size: int, batch_length: int, seed: int,
+                device) -> EpisodeReplay:
+    """An in-memory replay holding exactly ``episodes`` (the reader already applied replay.capacity)."""
+    capacity = sum(len(ep["reward"]) - 1 for ep in episodes)
+    replay = EpisodeReplay(None, capacity, batch_size, batch_length, seed, device, save=False)
+    for episode in episodes:
+        replay.add_episode(episode)
+    return replay
+
+
+class OfflineRunner:
+    def __init__(self, cfg: DictConfig, run_dir: str | Path):
+        check_offline_config(cfg)
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        try:
+            self.device = resolve_device(cfg.device)
+        except ValueError as error:
+            raise UserError(str(error)) from error
+        seed_everything(cfg.seed)
+        self.task = cfg.task or envs.primal_task(cfg.domain)
+        # A states env at the dataset's own step (action repeat 1), ExORL's Jaco variant: it gives
+        # the specs, checks the files' shapes, relabels rewards and renders pixels.
+        try:
+            self.env = envs.make(self.task, "states", 1, cfg.seed, exorl=True)
+        except ValueError as error:
+            raise UserError(str(error)) from error
+        self.pixels = cfg.obs_type == "pixels"
+        obs_shape = (3, 64, 64) if self.pixels else self.env.obs_shape
+        self.dataset_dir = exorl.resolve_dataset_dir(cfg.get("dataset_dir"), cfg.dataset, cfg.domain,
+                                                     cfg.collection_method)
+        data = exorl.load_dataset(self.dataset_dir, self.env, task=self.task, capacity=cfg.replay.capacity,
+                                  max_episodes=cfg.get("max_episodes"), relabel=cfg.relabel, pixels=self.pixels,
+                                  on_bad_file=cfg.on_bad_file, pixels_dir=cfg.get("pixels_dir"))
+        episodes = data.episodes
+        train_ids, held_ids = holdout_split(len(episodes), cfg.holdout_fraction, cfg.seed)
+        long_enough = [i for i in train_ids if len(episodes[i]["reward"]) >= cfg.batch_length]
+        if not long_enough:
+            longest = max(len(ep["reward"]) for ep in episodes)
+            raise UserError(f"no training episode in {self.dataset_dir} has batch_length={cfg.batch_length} rows "
+                            f"(longest: {longest}); lower batch_length")
+        self.replay = self._replay([episodes[i] for i in train_ids], cfg.seed)
+        self.eval_replay = None
+        held = [episodes[i] for i in held_ids]
+        if held and any(len(ep["reward"]) >= cfg.batch_length for ep in held):
+            self.eval_replay = self._replay(held, cfg.seed + 1)
+        elif held:
+            exorl.warn(f"no held-out episode has batch_length={cfg.batch_length} rows; validation losses are off")
+        del episodes, data
+        print(f"dataset {self.dataset_dir}: {len(train_ids)} training episode(s), {len(self.replay)} transitions; "
+              f"{len(held_ids)} held out for validation", flush=True)
+
+        self.agent = build_agent(cfg, obs_shape, self.env.action_dim, self.device)
+        self.snapshot_dir = Path(hydra.utils.to_absolute_path(cfg.snapshot_base_dir)) / cfg.dataset \
+            / cfg.collection_method / cfg.domain / cfg.agent.name / str(cfg.seed)
+        self.updates = 0
+        self.elapsed_before = 0.0
+        self.start_time = self.last_checkpoint = time.time()
+        resumed = self.maybe_resume()
+        wandb_kwargs = dict(project=f"{cfg.project_name}_offline", group=cfg.agent.name, config=plain(cfg),
+                            name=f"{cfg.experiment}_{cfg.agent.name}_{cfg.domain}_{cfg.obs_type}_{cfg.seed}")
+        if resumed and resumed.get("wandb_id"):
+            wandb_kwargs.update(id=resumed["wandb_id"], resume="allow")
+        self.logger = Logger(self.run_dir, cfg.use_tb, cfg.use_wandb, wandb_kwargs,
+                             resume_frame=self.frame if resumed else None)
+
+    def _replay(self, episodes: list[dict[str, np.ndarray]], seed: int) -> EpisodeReplay:
+        return make_replay(episodes, self.cfg.batch_size, self.cfg.batch_length, seed, self.device)
+
+    @property
+    def frame(self) -> int:
+        return self.updates * self.cfg.train_every_actions
+
+    def total_time(self) -> float:
+        return self.elapsed_before + time.time() - self.start_time
+
+    # ------------------------------------------------------------------------------------ resuming
+    def maybe_resume(self) -> dict | None:
+        """Continue from the run folder's checkpoint (resume=auto), or refuse to touch it (never)."""
+        path = checkpoint_path(self.run_dir)
+        if not path.exists():
+            return None
+        if self.cfg.get("resume", "auto") == "never":
+            raise UserError(f"{self.run_dir} already holds a checkpoint ({path.name}) and resume=never; "
+                            f"use resume=auto to continue that run, or another hydra.run.dir")
+        payload = load_snapshot(path, map_location=self.device)
+        if payload.get("phase") != "offline":
+            raise UserError(f"the checkpoint in {self.run_dir} is from {payload.get('phase')}, not offline training")
+        if payload.get("dataset_dir") != str(self.dataset_dir):
+            raise UserError(f"the checkpoint in {self.run_dir} trained on {payload.get('dataset_dir')}, not "
+                            f"{self.dataset_dir}; use another hydra.run.dir")
+        self.agent.load_snapshot_state(payload["agent"])
+        self.replay.rng.bit_generator.state = payload["replay_rng"]
+        self.updates = payload["updates"]
+        self.elapsed_before = payload["total_time"]
+        set_global_rng_state(payload["rng"])
+        print(f"resumed from {path} at update {self.updates}", flush=True)
+        return payload
+
+    def save_checkpoint(self) -> None:
+        payload = self.snapshot_payload()
+        payload.update(phase="offline", replay_rng=self.replay.rng.bit_generator.state, total_time=self.total_time(),
+                       rng=global_rng_state(),
+                       wandb_id=self.logger.wandb.id if self.logger.wandb is not None else None)
+        save_snapshot(payload, checkpoint_path(self.run_dir))
+        self.last_checkpoint = time.time()
+
+    # ---------------------------------------------------------------------------------------- loop
+    def train(self) -> None:
+        cfg, agent = self.cfg, self.agent
+        checkpoint_every_s = 60 * cfg.get("checkpoint_every_min", 10)
+        pending = sorted({int(s) for s in cfg.snapshots if int(s) > self.updates})
+        beyond = [s for s in pending if s > cfg.num_train_updates]
+        if beyond:
+            exorl.warn(f"snapshots {beyond} lie beyond num_train_updates={cfg.num_train_updates} and will not be written")
+        if self.eval_replay is not None and self.updates % cfg.eval_every_updates == 0:
+            self.evaluate()
+        last_dump = time.time()
+        while self.updates < cfg.num_train_updates:
+            metrics = agent.update_offline(self.replay.sample())
+            self.updates += 1
+            check_finite(metrics, self.updates, self.frame)
+            if self.updates % cfg.log_every_updates == 0:
+                elapsed, last_dump = time.time() - last_dump, time.time()
+                self.logger.log_metrics(metrics, self.frame, "train")
+                self.logger.log_metrics({
+                    "fps": cfg.log_every_updates * cfg.train_every_actions / max(elapsed, 1e-9),
+                    "total_time": self.total_time(), "episode_reward": 0.0, "episode_length": 0,
+                    "episode": 0, "buffer_size": len(self.replay), "step": self.updates,
+                }, self.frame, "train")
+                self.logger.dump(self.frame, "train")
+            if self.eval_replay is not None and self.updates % cfg.eval_every_updates == 0:
+                self.evaluate()
+            snapshot_written = False
+            while pending and self.updates >= pending[0]:
+                self.save_snapshot(pending.pop(0))
+                snapshot_written = True
+            if snapshot_written or time.time() - self.last_checkpoint >= checkpoint_every_s:
+                self.save_checkpoint()
+        # A finished run re-launched in the same folder resumes here and stops at once.
+        self.save_checkpoint()
+        self.logger.close()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """World-model losses on a batch of held-out episodes (the validation signal offline).
+
+        The batch and the latent samples come from generators seeded by (seed, updates), so an
+        evaluation neither changes the training's random streams nor differs after a resume."""
+        cfg = self.cfg
+        self.eval_replay.rng = np.random.default_rng([cfg.seed, self.updates])
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(cfg.seed * 1_000_003 + self.updates)
+            batch = self.eval_replay.sample()
+            with self.agent.autocast():
+                loss, _, _, metrics = self.agent.wm.loss(batch)
+        metrics["model_loss"] = loss
+        values = {key: metrics[key] for key in EVAL_KEYS}
+        values.update(episode=0, step=self.updates, total_time=self.total_time())
+        self.logger.log_metrics(values, self.frame, "eval")
+        return self.logger.dump(self.frame, "eval")
+
+    # ----------------------------------------------------------------------------------- snapshots
+    def snapshot_payload(self) -> dict:
+        cfg = self.cfg
+        return {"agent": self.agent.snapshot_state(), "updates": self.updates, "global_step": self.updates,
+                "global_episode": 0, "global_frame": self.frame, "obs_type": cfg.obs_type, "domain": cfg.domain,
+                "task": self.task, "action_repeat": 1, "dataset": cfg.dataset,
+                "collection_method": cfg.collection_method, "dataset_dir": str(self.dataset_dir),
+                "config": plain(cfg)}
+
+    def save_snapshot(self, updates: int) -> Path:
+        return save_snapshot(self.snapshot_payload(), self.snapshot_dir / f"snapshot_{updates}.pt")
