@@ -107,6 +107,18 @@ def test_collect_then_offline_train_seed_command(tmp_path):
         assert all(np.isfinite(float(row[key])) for row in evals)
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
 
+    # The seed's fine-tuning command picks the offline snapshot up (snapshot_ts counted in updates).
+    result = run("finetune.py", ["configs=dmc_states", "agent=choreo", "task=walker_run", "from_offline=True",
+                                 "dataset=exorl", "collection_method=rnd", "snapshot_ts=30", "seed=1",
+                                 "preset=cpu", "batch_size=4", "batch_length=16", "imag_starts=32",
+                                 "num_train_frames=1100", "num_seed_frames=1000", "eval_every_frames=1000",
+                                 "num_eval_episodes=1"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warning" not in result.stdout
+    assert any(CONSOLE_EVAL.match(line) for line in result.stdout.splitlines()), result.stdout
+    finetuned = torch.load(tmp_path / "run_finetune" / "finetuned_snapshot.pt", weights_only=True)
+    assert finetuned["agent"]["phase"] == "finetune" and finetuned["updates"] == 10
+
 
 def test_offline_pixels_render_once_and_record_action_repeat_1(tmp_path):
     directory = tmp_path / "data" / "buffer"

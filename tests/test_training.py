@@ -60,7 +60,7 @@ def test_pretrain_script_writes_snapshot_csv_and_console_line(tmp_path):
     csv_text = (run_dir / "train.csv").read_text().splitlines()
     assert "episode_reward" in csv_text[0] and len(csv_text) == 2
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
-    assert len(list((run_dir / "buffer").glob("*_0_1000.npz"))) == 1
+    assert len(list((run_dir / "buffer").glob("*_000000_1000.npz"))) == 1
 
 
 def test_unknown_domain_is_one_clear_line(tmp_path):

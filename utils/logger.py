@@ -90,6 +90,8 @@ class Logger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.colour = sys.stdout.isatty() if colour is None else colour
+        # Replaced by the progress bar's writer so console lines print above the bar.
+        self.echo = lambda line: print(line, flush=True)
         self.meters: dict[str, dict[str, list]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.csv = {ty: CSVLog(self.run_dir / f"{ty}.csv") for ty in ("train", "eval")}
         if resume_frame is not None:
@@ -135,7 +137,7 @@ class Logger:
         self.csv[ty].write(row)
         if self.wandb is not None:
             self.wandb.log({f"{ty}/{key}": value for key, value in row.items()})
-        print(format_console_line(ty, row, self.colour), flush=True)
+        self.echo(format_console_line(ty, row, self.colour))
         meters.clear()
         return row
 

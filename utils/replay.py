@@ -29,11 +29,12 @@ def write_episode(episode: dict[str, np.ndarray], directory: Path, index: int) -
     """Atomically write one episode (T rows) as a compressed npz; returns the final path."""
     length = len(episode["reward"]) - 1
     stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
-    path = directory / f"{stamp}_{index}_{length}.npz"
+    path = directory / f"{stamp}_{index:06d}_{length}.npz"
     fd, tmp = tempfile.mkstemp(prefix=".episode.", suffix=".npz.tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             np.savez_compressed(handle, **episode)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; datasets are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -17,13 +17,16 @@ from omegaconf import DictConfig, OmegaConf
 
 import envs
 from agent.choreo import ChoreoAgent
+from agent.report import log_openloop_video
 from utils.device import resolve_device
 from utils.errors import UserError
 from utils.logger import Logger
+from utils.progress import Progress
 from utils.replay import EpisodeReplay
 from utils.seeding import seed_everything
 from utils.checkpoint import checkpoint_path, global_rng_state, set_global_rng_state
 from utils.snapshot import load_snapshot, save_snapshot
+from utils.video import VideoRecorder
 
 
 def plain(node) -> dict:
@@ -174,6 +177,11 @@ class OnlineRunner:
             wandb_kwargs.update(id=resumed["wandb_id"], resume="allow")
         self.logger = Logger(self.run_dir, cfg.use_tb, cfg.use_wandb, wandb_kwargs,
                              resume_frame=self.frame if resumed else None)
+        show = cfg.get("progress", "auto")
+        self.progress = Progress(cfg.num_train_frames, unit="frame", desc=phase, initial=self.frame,
+                                 enabled=None if show == "auto" else bool(show))
+        self.logger.echo = self.progress.write
+        self.video = VideoRecorder(self.run_dir / "eval_video" if cfg.get("save_video") else None, fps=20)
 
     @property
     def frame(self) -> int:
@@ -239,6 +247,7 @@ class OnlineRunner:
         update_every = max(1, cfg.train_every_actions // repeat)
         eval_every = max(1, int(cfg.eval_every_frames) // repeat)
         log_every = max(1, cfg.log_every_frames // repeat)
+        recon_every = max(1, int(cfg.get("recon_every_frames", 100000000)) // repeat)
         checkpoint_every_s = 60 * cfg.get("checkpoint_every_min", 10)
         # The original's zero-shot recipe (num_train_frames < 1000) evaluates once at step 0.
         eval_at_start = self.phase == "finetune" and cfg.num_train_frames < 1000
@@ -286,11 +295,16 @@ class OnlineRunner:
                     self.logger.log_metrics(metrics, self.frame, "train")
                     self.log_due = False
 
+            if (cfg.obs_type == "pixels" and self.step >= seed_until and self.step % recon_every == 0
+                    and self.replay.can_sample()):
+                log_openloop_video(self.logger, agent, self.replay.sample(), self.frame)
+
             time_step = env.step(action)
             episode_reward += time_step["reward"]
             episode_step += 1
             self.store(time_step)
             self.step += 1
+            self.progress.update(repeat)
             if not time_step["is_last"]:
                 meta = agent.update_meta(meta, self.step)
             while pending and self.frame >= pending[0]:
@@ -300,6 +314,7 @@ class OnlineRunner:
             save_snapshot(self.snapshot_payload(), self.run_dir / "finetuned_snapshot.pt")
         # A finished run re-launched in the same folder resumes here and stops at once.
         self.save_checkpoint()
+        self.progress.close()
         self.logger.close()
 
     # ---------------------------------------------------------------------------------- evaluation
@@ -318,15 +333,25 @@ class OnlineRunner:
         self.eval_resets += 1
         if pick_skill is not None:
             meta = pick_skill(env, time_step)
+        self.video.init(enabled=counter[0] == 0 and pick_skill is None)
+        self.record_frame(time_step)
         total = 0.0
         while not time_step["is_last"]:
             action, state = agent.act(time_step, meta, self.step, eval_mode=eval_mode, state=state)
             time_step = env.step(action)
+            self.record_frame(time_step)
             total += time_step["reward"]
             counter[0] += 1
             if not time_step["is_last"] and pick_skill is None:
                 meta = agent.update_meta(meta, counter[0])
+        self.video.save(f"{self.frame}.mp4")
         return total, meta
+
+    def record_frame(self, time_step: dict) -> None:
+        if self.video.enabled:
+            pixels = self.cfg.obs_type == "pixels"
+            self.video.record(time_step["observation"] if pixels else
+                              self.eval_env.render_physics(self.eval_env.physics_state()))
 
     def evaluate(self) -> None:
         cfg, agent = self.cfg, self.agent
@@ -334,11 +359,14 @@ class OnlineRunner:
         goal_ids = self.eval_episodes()
         returns, counter = [], [0]
         meta = agent.init_meta()
+        bar = Progress(len(goal_ids), unit="episode", desc="eval", leave=False, enabled=self.progress.enabled)
         for task_id in goal_ids:
             if eval_goals:
                 meta = agent.init_meta()
             episode_return, meta = self.run_eval_episode(task_id, meta, not eval_goals, counter)
             returns.append(episode_return)
+            bar.update(1)
+        bar.close()
         episodes = max(1, len(returns))
         metrics = {
             "episode_reward": sum(returns) / episodes,
