@@ -7,26 +7,17 @@ zero-shot on goal reaching (spec agent.md 9, 11.2, 11.3).
 """
 from __future__ import annotations
 
-import sys
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from utils.errors import UserError
-from utils.snapshot import SnapshotError
+from utils.errors import exit_with_one_line
 
 
 @hydra.main(config_path="configs", config_name="finetune", version_base=None)
 def main(cfg: DictConfig) -> None:
-    from utils.runner import OnlineRunner, TrainingDiverged
-    try:
-        runner = OnlineRunner(cfg, HydraConfig.get().runtime.output_dir, phase="finetune")
-        runner.train()
-    except (UserError, SnapshotError, TrainingDiverged) as error:
-        sys.exit(f"error: {error}")
-    except OSError as error:  # disk full, permissions: say which file, keep the last good ones
-        sys.exit(f"error: {error}")
+    from utils.runner import OnlineRunner
+    exit_with_one_line(lambda: OnlineRunner(cfg, HydraConfig.get().runtime.output_dir, phase="finetune").train())
 
 
 if __name__ == "__main__":

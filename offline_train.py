@@ -6,27 +6,17 @@ skill actor-critic learn from fixed data, no exploration (spec agent.md 8.2, 11.
 """
 from __future__ import annotations
 
-import sys
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from utils.errors import UserError
-from utils.snapshot import SnapshotError
+from utils.errors import exit_with_one_line
 
 
 @hydra.main(config_path="configs", config_name="offline_train", version_base=None)
 def main(cfg: DictConfig) -> None:
     from utils.offline import OfflineRunner
-    from utils.runner import TrainingDiverged
-    try:
-        runner = OfflineRunner(cfg, HydraConfig.get().runtime.output_dir)
-        runner.train()
-    except (UserError, SnapshotError, TrainingDiverged) as error:
-        sys.exit(f"error: {error}")
-    except OSError as error:  # disk full, permissions: say which file, keep the last good ones
-        sys.exit(f"error: {error}")
+    exit_with_one_line(lambda: OfflineRunner(cfg, HydraConfig.get().runtime.output_dir).train())
 
 
 if __name__ == "__main__":

@@ -5,26 +5,17 @@ discovered in imagination (spec agent.md 11.1).
 """
 from __future__ import annotations
 
-import sys
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from utils.errors import UserError
-from utils.snapshot import SnapshotError
+from utils.errors import exit_with_one_line
 
 
 @hydra.main(config_path="configs", config_name="pretrain", version_base=None)
 def main(cfg: DictConfig) -> None:
-    from utils.runner import OnlineRunner, TrainingDiverged
-    try:
-        runner = OnlineRunner(cfg, HydraConfig.get().runtime.output_dir)
-        runner.train()
-    except (UserError, SnapshotError, TrainingDiverged) as error:
-        sys.exit(f"error: {error}")
-    except OSError as error:  # disk full, permissions: say which file, keep the last good ones
-        sys.exit(f"error: {error}")
+    from utils.runner import OnlineRunner
+    exit_with_one_line(lambda: OnlineRunner(cfg, HydraConfig.get().runtime.output_dir).train())
 
 
 if __name__ == "__main__":

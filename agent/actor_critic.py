@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from models.distributions import UnitNormal
 from models.mlp import ActorHead, MSEHead
 from models.normalise import StreamNorm
 from models.optim import Optimizer, trainable
@@ -18,6 +19,21 @@ from models.returns import lambda_return, make_target, update_target
 from models.rssm import RSSM, State, imagine
 
 RewardFn = Callable[[State, torch.Tensor], torch.Tensor]
+
+
+def train_critic(owner: nn.Module, inputs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                 metrics: dict) -> UnitNormal:
+    """Critic step (spec 5.7) on detached inputs (H+1, N, D) towards lambda-returns (H, N), then the
+    slow-target refresh; ``owner`` holds critic, target_critic, critic_opt and the update counter."""
+    with trainable(owner.critic):
+        dist = owner.critic(inputs[:-1].detach())
+        critic_loss = -(dist.log_prob(target.detach().unsqueeze(-1)) * weight[:-1]).mean()
+        metrics.update(owner.critic_opt(critic_loss))
+    if owner.slow_target:
+        update_target(owner.target_critic, owner.critic, owner.updates, owner.slow_target_update,
+                      owner.slow_target_fraction)
+    owner.updates += 1
+    return dist
 
 
 class ActorCritic(nn.Module):
@@ -67,14 +83,7 @@ class ActorCritic(nn.Module):
             objective = target[1:] + self.actor_ent * ent
             actor_loss = -(weight[:-2] * objective).mean()
             metrics.update(self.actor_opt(actor_loss))
-        with trainable(self.critic):
-            dist = self.critic(inputs[:-1].detach())
-            critic_loss = -(dist.log_prob(target.detach().unsqueeze(-1)) * weight[:-1]).mean()
-            metrics.update(self.critic_opt(critic_loss))
-        if self.slow_target:
-            update_target(self.target_critic, self.critic, self.updates, self.slow_target_update,
-                          self.slow_target_fraction)
-        self.updates += 1
+        dist = train_critic(self, inputs, target, weight, metrics)
         metrics.update({
             f"{p}critic_slow": value.mean(), f"{p}critic_target": target.detach().mean(),
             f"{p}actor_ent": ent.detach().mean(), f"{p}actor_ent_scale": torch.tensor(self.actor_ent),

@@ -13,7 +13,8 @@ from torch import nn
 from models.mlp import ActorHead, MSEHead, OneHotHead
 from models.normalise import StreamNorm
 from models.optim import Optimizer, trainable
-from models.returns import lambda_return, make_target, update_target
+from agent.actor_critic import train_critic
+from models.returns import lambda_return, make_target
 from models.rssm import RSSM, State, _stack
 
 SELECTOR_ENTROPY = 1e-4
@@ -82,14 +83,7 @@ class MetaController(nn.Module):
             if self.train_executor:
                 low_loss = -(weight[:-2] * target[1:]).mean()
                 metrics.update(self.executor_opt(low_loss))
-        with trainable(self.critic):
-            dist = self.critic(feat[:-1].detach())
-            critic_loss = -(dist.log_prob(target.detach().unsqueeze(-1)) * weight[:-1]).mean()
-            metrics.update(self.critic_opt(critic_loss))
-        if self.slow_target:
-            update_target(self.target_critic, self.critic, self.updates, self.slow_target_update,
-                          self.slow_target_fraction)
-        self.updates += 1
+        dist = train_critic(self, feat, target, weight, metrics)
         with torch.no_grad():
             low_entropy = self.executor(torch.cat([feat[:-2], skills[1:-1]], -1).detach()).entropy()
         metrics.update({

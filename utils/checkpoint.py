@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.errors import UserError
+
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
@@ -39,3 +41,17 @@ def set_global_rng_state(state: dict) -> None:
 
 def checkpoint_path(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINT_NAME
+
+
+def checkpoint_to_resume(run_dir: Path, mode: str) -> Path | None:
+    """The run folder's checkpoint when ``resume=auto`` finds one; ``resume=never`` refuses a folder
+    that holds one, so a finished or interrupted run is never overwritten by accident."""
+    if mode not in ("auto", "never"):
+        raise UserError(f"resume={mode!r} is not valid; valid: auto, never")
+    path = checkpoint_path(run_dir)
+    if not path.exists():
+        return None
+    if mode == "never":
+        raise UserError(f"{run_dir} already holds a checkpoint ({path.name}) and resume=never; "
+                        f"use resume=auto to continue that run, or another hydra.run.dir")
+    return path

@@ -23,7 +23,7 @@ from utils.device import resolve_device
 from utils.errors import UserError
 from utils.logger import Logger
 from utils.replay import EpisodeReplay
-from utils.checkpoint import checkpoint_path, global_rng_state, set_global_rng_state
+from utils.checkpoint import checkpoint_path, checkpoint_to_resume, global_rng_state, set_global_rng_state
 from utils.runner import build_agent, check_config, check_finite, plain
 from utils.seeding import seed_everything
 from utils.snapshot import load_snapshot, save_snapshot
@@ -152,12 +152,9 @@ class OfflineRunner:
     # ------------------------------------------------------------------------------------ resuming
     def maybe_resume(self) -> dict | None:
         """Continue from the run folder's checkpoint (resume=auto), or refuse to touch it (never)."""
-        path = checkpoint_path(self.run_dir)
-        if not path.exists():
+        path = checkpoint_to_resume(self.run_dir, self.cfg.get("resume", "auto"))
+        if path is None:
             return None
-        if self.cfg.get("resume", "auto") == "never":
-            raise UserError(f"{self.run_dir} already holds a checkpoint ({path.name}) and resume=never; "
-                            f"use resume=auto to continue that run, or another hydra.run.dir")
         payload = load_snapshot(path, map_location=self.device)
         if payload.get("phase") != "offline":
             raise UserError(f"the checkpoint in {self.run_dir} is from {payload.get('phase')}, not offline training")

@@ -19,12 +19,12 @@ import envs
 from agent.choreo import ChoreoAgent
 from agent.report import log_openloop_video
 from utils.device import resolve_device
-from utils.errors import UserError
+from utils.errors import TrainingDiverged, UserError
 from utils.logger import Logger
 from utils.progress import Progress
 from utils.replay import EpisodeReplay
 from utils.seeding import seed_everything
-from utils.checkpoint import checkpoint_path, global_rng_state, set_global_rng_state
+from utils.checkpoint import checkpoint_path, checkpoint_to_resume, global_rng_state, set_global_rng_state
 from utils.snapshot import load_snapshot, save_snapshot
 from utils.video import VideoRecorder
 
@@ -120,10 +120,6 @@ def load_pretrained(cfg: DictConfig, domain: str) -> dict:
     return payload
 
 
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite; the message names the step and the loss."""
-
-
 def check_finite(metrics: dict, step: int, frame: int) -> None:
     """Stop on a non-finite loss instead of training on silently (one host sync per update)."""
     names = [key for key in metrics if key.endswith("_loss")]
@@ -193,15 +189,9 @@ class OnlineRunner:
     # ------------------------------------------------------------------------------------ resuming
     def maybe_resume(self) -> dict | None:
         """Continue from the run folder's checkpoint (resume=auto), or refuse to touch it (never)."""
-        path = checkpoint_path(self.run_dir)
-        mode = self.cfg.get("resume", "auto")
-        if mode not in ("auto", "never"):
-            raise UserError(f"resume={mode!r} is not valid; valid: auto, never")
-        if not path.exists():
+        path = checkpoint_to_resume(self.run_dir, self.cfg.get("resume", "auto"))
+        if path is None:
             return None
-        if mode == "never":
-            raise UserError(f"{self.run_dir} already holds a checkpoint ({path.name}) and resume=never; "
-                            f"use resume=auto to continue that run, or another hydra.run.dir")
         payload = load_snapshot(path, map_location=self.device)
         if payload.get("phase") != self.phase:
             raise UserError(f"the checkpoint in {self.run_dir} is from {payload.get('phase')}, not {self.phase}")
