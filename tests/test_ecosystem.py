@@ -84,6 +84,28 @@ def test_log_video_tb_writes_an_animated_gif_summary(tmp_path):
     assert event.encoded_image_string.startswith(b"GIF89a") and count == 5 and size == (20, 12)
 
 
+def test_short_pixel_run_writes_openloop_summary_and_eval_video(tmp_path):
+    """A pixel pre-training run: one 500-step episode, then an evaluation at frame 1000 (recorded)
+    and open-loop reports every 20 frames once updates run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run_dir = tmp_path / "run"
+    result = subprocess.run(PRETRAIN + TINY + TINY_RUN + [
+        "configs=dmc_pixels", "num_train_frames=1040", "num_seed_frames=1000", "eval_every_frames=1000",
+        "num_eval_episodes=1", "save_video=true", "recon_every_frames=20", "use_wandb=false",
+        f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (video,) = (run_dir / "eval_video").iterdir()
+    count, size, durations = gif_frames(video)
+    assert size == (64, 64)
+    # 501 frames (reset + 500 steps) at 20 fps; identical consecutive frames are merged into one.
+    assert sum(durations) == pytest.approx(501 * 50, abs=50) and count > 100
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    reports = events.Images("train/openl_observation")
+    assert [event.step for event in reports] == [1000, 1020]
+    assert (reports[0].height, reports[0].width) == (3 * 64, 4 * 64)  # 3 rows x batch_size sequences
+
+
 # ------------------------------------------------------------------------------------- report
 def test_openloop_video_rows_and_shape(tiny_config):
     from agent.report import openloop_video
