@@ -141,3 +141,39 @@ def test_bad_snapshot_files_get_one_line(tmp_path, capsys, name, write, message)
         load_snapshot(path)
     assert message in str(error.value) and str(path) in str(error.value)
     assert "this must never run" not in capsys.readouterr().out
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs: a real full disk (needs root, as CI has)."""
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_disk_full_keeps_the_last_good_snapshot_and_says_so(small_disk):
+    path = small_disk / "snapshot_100.pt"
+    save_snapshot({"weights": torch.zeros(1000)}, path)  # about 4 KB: fits
+    with pytest.raises(SnapshotError, match="No space left on device") as error:
+        save_snapshot({"weights": torch.zeros(200_000)}, path)  # about 800 KB: does not
+    assert str(path) in str(error.value)
+    assert torch.equal(load_snapshot(path)["weights"], torch.zeros(1000))
+    assert [p.name for p in small_disk.iterdir()] == ["snapshot_100.pt"], "no temporary file left behind"
+
+
+def test_disk_full_while_writing_an_episode_keeps_earlier_episodes(small_disk):
+    from utils.replay import load_episode, write_episode
+    rng = np.random.default_rng(0)
+    small = {"observation": rng.normal(size=(11, 24)).astype(np.float32), "reward": np.zeros((11, 1), np.float32)}
+    first = write_episode(small, small_disk, 0)
+    large = {"observation": rng.normal(size=(20001, 24)).astype(np.float32),
+             "reward": np.zeros((20001, 1), np.float32)}
+    with pytest.raises(OSError, match="No space left on device"):
+        write_episode(large, small_disk, 1)
+    np.testing.assert_array_equal(load_episode(first)["observation"], small["observation"])
+    assert [p.name for p in small_disk.iterdir()] == [first.name]

@@ -36,6 +36,10 @@ def write_episode(episode: dict[str, np.ndarray], directory: Path, index: int) -
             np.savez_compressed(handle, **episode)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; datasets are meant to be shared
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(error.errno, f"could not write episode {path}: {error.strerror}; "
+                                   f"earlier episodes are kept") from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -32,10 +32,22 @@ def save_snapshot(payload: dict, path: str | os.PathLike) -> Path:
         os.replace(tmp, path)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise SnapshotError(f"could not write snapshot {path}: {error.strerror or error}") from error
+        cause = _os_error(error)
+        if cause is not None:
+            raise SnapshotError(f"could not write snapshot {path}: {cause.strerror or cause}; "
+                                f"the previous file (if any) is kept") from error
         raise
     return path
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+    """The OSError behind ``error``: torch.save reports a full disk as a RuntimeError raised while
+    handling the OSError, so follow the chain."""
+    while error is not None:
+        if isinstance(error, OSError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def load_snapshot(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
