@@ -126,6 +126,58 @@ def test_openloop_video_rows_and_shape(tiny_config):
         openloop_video(agent, {**batch, "observation": torch.zeros(2, 10, 24)})
 
 
+def test_openloop_skill_row_is_the_vq_reconstruction_of_the_imagined_states(tiny_config):
+    """Spec agent.md 13 (Videos): row 3 = posterior recon for the 5 context steps, then each imagined
+    deter passed through VQ encoder -> nearest code -> VQ decoder, stoch sampled from the prior head
+    given that reconstructed deter, decoded. Recomputed here step by step under the same seed."""
+    from agent.report import openloop_video
+    from models.distributions import OneHotCategorical
+    from utils.runner import build_agent
+    torch.manual_seed(0)
+    agent = build_agent(tiny_config("configs=dmc_pixels"), (3, 64, 64), 6, torch.device("cpu"))
+    wm, rssm, vq = agent.wm, agent.wm.rssm, agent.skill_module
+    # One code per quadrant, far from the encoder's outputs: the imagined states snap to different
+    # codes, and snapping moves them a lot. A louder decoder makes latent differences visible in uint8.
+    with torch.no_grad():
+        vq.codebook.copy_(torch.tensor([[-1.0, 1.0, -1.0, 1.0], [-1.0, -1.0, 1.0, 1.0]]) * 3.0)
+        wm.decoder.project.weight.mul_(3.0)
+        wm.decoder.net[-1].weight.mul_(10.0)
+    batch = batch_from_rollout(walker_rollout("pixels", 20), batch_size=2, length=10)
+    context, size = 5, 64
+    torch.manual_seed(1)
+    video = openloop_video(agent, batch, context=context, sequences=2)
+    row = lambda r: np.stack([video[:, :, r * size:(r + 1) * size, n * size:(n + 1) * size] for n in range(2)])
+    model, skill = row(1), row(2)  # each (N, T, 3, H, W)
+
+    def expected(quantise: bool = True, resample: bool = True) -> tuple[np.ndarray, torch.Tensor]:
+        """(N, T, 3, H, W) uint8 frames of the skill row, and the code index of each imagined step."""
+        torch.manual_seed(1)  # the same random draws as openloop_video: posterior, prior, then skill stoch
+        with torch.no_grad():
+            obs = batch["observation"].float() / 255.0 - 0.5
+            action, is_first = batch["action"].float(), batch["is_first"]
+            post, _ = rssm.observe(wm.encoder(obs[:, :context]), action[:, :context], is_first[:, :context])
+            prior = rssm.imagine_actions(action[:, context:], {key: value[:, -1] for key, value in post.items()})
+            z_e = vq.encoder(prior["deter"]).mean  # (N, T - context, code_dim)
+            codes = vq.codebook.t()  # (K, code_dim)
+            index = torch.cdist(z_e.reshape(-1, codes.shape[1]), codes).argmin(-1).reshape(z_e.shape[:-1])
+            deter = vq.decoder(codes[index] if quantise else z_e).mean
+            logit = rssm.prior_out(deter).reshape(*deter.shape[:-1], rssm.stoch, rssm.discrete)
+            stoch = OneHotCategorical(logit).sample() if resample else prior["stoch"]
+            imagined = wm.decoder(torch.cat([stoch.flatten(-2), deter], -1)).mode()
+            recon = wm.decoder(torch.cat([post["stoch"].flatten(-2), post["deter"]], -1)).mode()
+            frames = torch.cat([recon, imagined], 1)
+        return ((frames + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).numpy(), index
+
+    want, index = expected()
+    assert len(index.unique()) > 1  # the check covers more than one code
+    assert np.abs(skill.astype(int) - want).max() <= 1  # uint8 rounding only
+    assert np.array_equal(skill[:, :context], model[:, :context])  # context steps: the posterior recon
+    # Controls, each far from the row: the open-loop prediction, the VQ autoencoder without the
+    # quantisation, and the imagined stoch kept instead of resampled from the reconstructed deter.
+    for control in (model, expected(quantise=False)[0], expected(resample=False)[0]):
+        assert np.abs(skill[:, context:].astype(int) - control[:, context:]).mean() > 5
+
+
 # ---------------------------------------------------------------------------------- skill GIFs
 @pytest.fixture(scope="module")
 def tiny_snapshot(tmp_path_factory):
@@ -250,11 +302,33 @@ def test_local_multirun_writes_one_run_folder_per_job(tmp_path):
     command = PRETRAIN + ["-m", "seed=1,2", *TINY_RUN, "num_train_frames=200", "num_seed_frames=200"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    (sweep,) = (tmp_path / "exp_sweep").glob("*/*_choreo_pt")  # pretrain.yaml's hydra.sweep.dir
+    (sweep,) = (tmp_path / "exp_sweep").glob("*/??????_??????_choreo_pt")  # pretrain.yaml's hydra.sweep.dir
     for job, seed in ((0, 1), (1, 2)):
         run = sweep / str(job)
         assert (run / "pretrain.log").is_file() and (run / "tb").is_dir()
         assert f"seed: {seed}\n" in (run / ".hydra" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("script, run_name, sweep_name", [
+    ("pretrain", "choreo", "choreo_pt"), ("finetune", "choreo_ft", "choreo_ft"),
+    ("offline_train", "choreo", "choreo_pt"), ("collect", "collect", "collect"),
+])
+def test_back_to_back_launches_get_their_own_run_and_sweep_folders(script, run_name, sweep_name):
+    """Run and sweep folders are named to the microsecond, so two launches of one experiment in the
+    same second (to the minute, the original's sweep folders were shared) never share a folder.
+    Each launch composes its config afresh, as composing twice here does."""
+    import re
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        first, second = (compose(script, return_hydra_config=True).hydra for _ in range(2))
+    stamp = r"\d{4}\.\d\d\.\d\d/\d{6}_\d{6}"
+    for hydra in (first, second):
+        assert re.fullmatch(rf"\./exp_local/{stamp}_{run_name}", hydra.run.dir), hydra.run.dir
+        assert re.fullmatch(rf"\./exp_sweep/{stamp}_{sweep_name}", hydra.sweep.dir), hydra.sweep.dir
+        assert OmegaConf.to_container(hydra.sweep)["subdir"] == "${hydra.job.num}"  # one folder per job
+    assert first.run.dir != second.run.dir and first.sweep.dir != second.sweep.dir
 
 
 def test_slurm_launcher_config_composes_without_a_cluster(tmp_path):
