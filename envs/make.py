@@ -78,9 +78,17 @@ def make(
     img_size: int = 64,
     exorl: bool = False,
     task_id: int | None = None,
+    goals_file=None,
 ):
-    """Builds the environment for ``task`` (see the package docstring for the interface)."""
+    """Builds the environment for ``task`` (see the package docstring for the interface).
+
+    ``goals_file`` (Meta-World only) is a goal file to use instead of the shipped one; see
+    ``envs.mw_goals`` for its format. Run seed = goal set, task id = goal in the set.
+    """
     domain = domain_of(task)
+    if goals_file is not None and domain != "mw":
+        raise ValueError(f"goals_file={str(goals_file)!r} is for Meta-World tasks (mw_reach) only; {task} has fixed "
+                         f"goals: leave goals_file=null")
     if obs_type not in OBS_TYPES:
         raise ValueError(f"unknown obs_type {obs_type!r}; valid obs types: {', '.join(OBS_TYPES)}")
     action_repeat = _check_int("action_repeat", action_repeat)
@@ -97,13 +105,22 @@ def make(
                 f"bad action_repeat {action_repeat} for {task}; valid action repeats: 1, 2 "
                 f"(action_repeat * {MW_EPISODE_AGENT_STEPS} must be <= {MW_MAX_ENV_STEPS})"
             )
-        if not 0 <= seed < MW_NUM_GOAL_SETS:
-            raise ValueError(f"bad seed {seed} for {task}; valid seeds: 0..{MW_NUM_GOAL_SETS - 1} (one goal set each)")
+        if goals_file is None:
+            goals_per_set, source = MW_GOALS_PER_SET, ""
+            if not 0 <= seed < MW_NUM_GOAL_SETS:
+                raise ValueError(f"bad seed {seed} for {task}; valid seeds: 0..{MW_NUM_GOAL_SETS - 1} "
+                                 f"(one goal set each)")
+        else:
+            from envs.mw_goals import goal_set, load_goal_sets  # light: does not import Meta-World
+            goals = goal_set(load_goal_sets(goals_file), seed, goals_file)
+            goals_per_set, source = len(goals), f" (goals file {goals_file})"
         if task_id is not None:
             task_id = _check_int("task_id", task_id)
-            if not 0 <= task_id < MW_GOALS_PER_SET:
-                raise ValueError(f"bad task_id {task_id} for {task}; valid task ids: 0..{MW_GOALS_PER_SET - 1} or None")
+            if not 0 <= task_id < goals_per_set:
+                raise ValueError(f"bad task_id {task_id} for {task}; valid task ids: 0..{goals_per_set - 1} or "
+                                 f"None{source}")
         kwargs["task_id"] = task_id
+        kwargs["goals_file"] = goals_file
     elif domain == "jaco":
         kwargs["exorl"] = bool(exorl)
     module_name, function_name = _BUILDERS[domain]

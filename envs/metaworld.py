@@ -4,12 +4,11 @@ Meta-World 3.1.1's ``reach-v3`` (gymnasium API) driven by the agent's 4-d action
 original Choreographer protocol: the reward of an agent step is the number of its env steps on
 which the tool-centre point was within 5 cm of the goal, episodes last 250 agent steps, images
 come from the ``corner4`` camera with rows flipped so they are upright (hazards 8, 9), and goals
-come from ``data/mw_reach_harder_goals.json`` (run seed = goal set, task id = goal in the set).
+come from ``data/mw_reach_harder_goals.json`` or a user's goal file of the same format (run seed =
+goal set, task id = goal in the set; reading and validation in ``envs.mw_goals``).
 """
 
 import atexit
-import json
-import pathlib
 import pickle
 import weakref
 
@@ -18,9 +17,9 @@ import numpy as np
 from metaworld.envs.sawyer_reach_v3 import SawyerReachEnvV3
 from metaworld.types import Task
 
+from envs.mw_goals import GOALS_FILE, GoalFileError, goal_set, load_goal_sets  # noqa: F401 (re-exported)
 from envs.wrappers import SavedSimulation, StepRecordEnv
 
-GOALS_FILE = pathlib.Path(__file__).resolve().parent / "data" / "mw_reach_harder_goals.json"
 CAMERA_NAME = "corner4"
 EPISODE_AGENT_STEPS = 250
 SUCCESS_RADIUS = 0.05
@@ -49,17 +48,11 @@ def _register_exit_hook_once():
         _exit_hook_registered = True
 
 
-def load_goal_sets() -> np.ndarray:
-    """All goal vectors, shape (10, 50, 6): [object x, y, z, goal x, y, z] per goal."""
-    with open(GOALS_FILE, encoding="utf-8") as handle:
-        content = json.load(handle)
-    goal_sets = content["goal_sets"]
-    return np.array([goal_sets[str(index)] for index in range(len(goal_sets))], dtype=np.float64)
-
-
 class MetaWorldReachEnv(StepRecordEnv):
-    def __init__(self, obs_type: str, action_repeat: int, seed: int, img_size: int, task_id: int | None):
-        self._goals = load_goal_sets()[seed]
+    def __init__(self, obs_type: str, action_repeat: int, seed: int, img_size: int, task_id: int | None,
+                 goals_file=None):
+        # The shipped file holds 10 sets of 50 goals: [object x, y, z, goal x, y, z] per goal.
+        self._goals = goal_set(load_goal_sets(goals_file), seed, goals_file)
         self._default_task_id = task_id
         self._goal_rng = np.random.default_rng(seed)
         self._sawyer = SawyerReachEnvV3(
@@ -82,6 +75,11 @@ class MetaWorldReachEnv(StepRecordEnv):
             state_dim=STATE_DIM,
             episode_agent_steps=EPISODE_AGENT_STEPS,
         )
+
+    @property
+    def num_goals(self) -> int:
+        """How many goals the run's goal set holds (valid task ids: 0..num_goals - 1)."""
+        return len(self._goals)
 
     @property
     def goal_position(self) -> np.ndarray:
@@ -194,6 +192,7 @@ class MetaWorldReachEnv(StepRecordEnv):
 
 
 def make_metaworld(
-    task: str, obs_type: str, action_repeat: int, seed: int, img_size: int, task_id: int | None = None
+    task: str, obs_type: str, action_repeat: int, seed: int, img_size: int, task_id: int | None = None,
+    goals_file=None,
 ) -> MetaWorldReachEnv:
-    return MetaWorldReachEnv(obs_type, action_repeat, seed, img_size, task_id)
+    return MetaWorldReachEnv(obs_type, action_repeat, seed, img_size, task_id, goals_file)

@@ -17,3 +17,11 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device={name!r} was asked for but no CUDA device is available; use device=auto or cpu")
     return torch.device(name)
+
+
+def has_fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix products beat fp32 here: CUDA GPUs with bf16, CPUs with AMX or
+    AVX512-BF16. Elsewhere (this project's 2-core AVX512 CPU, say) bf16 runs several times slower."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())

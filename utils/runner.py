@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 import envs
 from agent.choreo import ChoreoAgent
 from agent.report import log_openloop_video
-from utils.device import resolve_device
+from utils.device import has_fast_bf16, resolve_device
 from utils.errors import TrainingDiverged, UserError
 from utils.logger import Logger
 from utils.progress import Progress
@@ -34,6 +34,9 @@ def plain(node) -> dict:
 
 
 def build_agent(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int, device) -> ChoreoAgent:
+    if cfg.precision == 16 and not has_fast_bf16(torch.device(device)):
+        print(f"warning: precision=16 on {device}: this device has no fast bf16 matrix unit (AMX, AVX512-BF16 "
+              "or a bf16 GPU), so bf16 runs slower than precision=32 here", flush=True)
     agent_cfg = plain(cfg.agent)
     world_model = dict(encoder=plain(cfg.encoder), decoder=plain(cfg.decoder), rssm=plain(cfg.rssm),
                        kl=plain(cfg.kl), loss_scales=plain(cfg.loss_scales), grad_heads=agent_cfg["grad_heads"],
@@ -41,6 +44,7 @@ def build_agent(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int, de
     behaviour = dict(discount=cfg.discount, discount_lambda=cfg.discount_lambda, slow_target=cfg.slow_target,
                      slow_target_update=cfg.slow_target_update, slow_target_fraction=cfg.slow_target_fraction)
     return ChoreoAgent(obs_shape, action_dim, device=device, seed=cfg.seed, precision=cfg.precision,
+                       mode=cfg.get("mode", "fast"),
                        world_model=world_model, behaviour=behaviour, actor=plain(cfg.actor), critic=plain(cfg.critic),
                        actor_opt=plain(cfg.actor_opt), critic_opt=plain(cfg.critic_opt),
                        reward_head=plain(cfg.reward_head), model_opt=plain(cfg.model_opt),
@@ -49,6 +53,8 @@ def build_agent(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int, de
 
 
 def make_env(task: str, cfg: DictConfig, **kwargs):
+    if cfg.get("goals_file") is not None:  # Meta-World goal file; relative to where the command was run
+        kwargs["goals_file"] = hydra.utils.to_absolute_path(str(Path(str(cfg.goals_file)).expanduser()))
     try:
         return envs.make(task, cfg.obs_type, cfg.action_repeat, cfg.seed, **kwargs)
     except ValueError as error:
@@ -81,6 +87,8 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"unknown obs_type '{cfg.obs_type}'; valid: {', '.join(envs.OBS_TYPES)}")
     if cfg.precision not in (16, 32):
         raise UserError(f"precision={cfg.precision!r} is not supported; valid: 32, 16")
+    if cfg.get("mode", "fast") not in ("fast", "eager"):
+        raise UserError(f"mode={cfg.mode!r} is not supported; valid: fast, eager")
     if cfg.batch_length < 2:
         raise UserError(f"batch_length={cfg.batch_length} must be at least 2")
 
@@ -110,6 +118,9 @@ def load_pretrained(cfg: DictConfig, domain: str) -> dict:
         raise UserError(f"snapshot not found: {path} (snapshot_ts values there: {found}; "
                         f"snapshot_ts=0 trains from scratch)")
     payload = load_snapshot(path)
+    if not isinstance(payload.get("agent"), dict) or not isinstance(payload["agent"].get("modules"), dict):
+        raise UserError(f"snapshot {path} holds no agent weights (no agent.modules entry); expected a "
+                        f"snapshot_<frames>.pt written by pretrain.py or offline_train.py")
     for key, expected in (("obs_type", cfg.obs_type), ("domain", domain)):
         if payload.get(key) != expected:
             raise UserError(f"snapshot {path} was pre-trained with {key}={payload.get(key)!r} but this run "
@@ -312,7 +323,7 @@ class OnlineRunner:
         """The Meta-World goal of each evaluation episode: every goal once without task_id (spec 4.5)."""
         cfg = self.cfg
         if self.domain == "mw" and cfg.get("task_id") is None:
-            return list(range(cfg.get("mw_eval_episodes", 50)))
+            return list(range(min(cfg.get("mw_eval_episodes", 50), self.eval_env.num_goals)))
         return [cfg.get("task_id")] * cfg.num_eval_episodes
 
     def run_eval_episode(self, task_id, meta, eval_mode: bool, counter: list[int], pick_skill=None

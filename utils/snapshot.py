@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 
@@ -57,10 +58,20 @@ def load_snapshot(path: str | os.PathLike, map_location: str | torch.device = "c
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        raise SnapshotError(f"refusing to load {path}: it holds objects other than tensors and plain "
-                            f"containers ({str(error).splitlines()[0]})") from error
-    except (RuntimeError, EOFError, OSError) as error:
-        raise SnapshotError(f"snapshot {path} is corrupt or truncated: {str(error).splitlines()[0]}") from error
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if found:
+            raise SnapshotError(f"refusing to load {path}: it holds objects other than tensors and plain "
+                                f"containers ({found.group(1)})") from error
+        # Anything else the weights-only unpickler trips on is a file that is not a snapshot at all.
+        detail = re.search(r"Unsupported operand \d+", str(error))
+        raise SnapshotError(f"snapshot {path} is corrupt or truncated "
+                            f"({detail.group(0) if detail else 'unreadable pickle'}); "
+                            f"expected a .pt file written by this project") from error
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as error:
+        # torch reports an empty file as a bare EOFError and some text files as KeyError(<first byte>).
+        detail = (str(error).splitlines() or [""])[0] or "unexpected end of file"
+        raise SnapshotError(f"snapshot {path} is corrupt or truncated ({type(error).__name__}: {detail}); "
+                            f"expected a .pt file written by this project") from error
     if not isinstance(payload, dict):
         raise SnapshotError(f"snapshot {path} does not hold a dict of state")
     return payload

@@ -1,0 +1,264 @@
+"""Bad input of every kind (config values, snapshot files, dataset folders and files, Meta-World goal
+files) ends in ONE line naming the bad value or file and what is allowed: one table, one test.
+
+Each case goes through the code a script runs (the runner's start-up, the fine-tuning snapshot load,
+the dataset reader) up to the exception the scripts print as ``error: <message>`` (see
+``utils.errors.exit_with_one_line``); nothing trains. ``{tmp}`` in overrides and expected texts is the
+case's folder, which is also the working directory (so relative paths are tested as users give them).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import envs
+from conftest import REPO, TINY, compose_config
+from utils import exorl
+from utils.errors import UserError
+from utils.runner import OnlineRunner, build_agent
+from utils.snapshot import SnapshotError, save_snapshot
+
+# What finetune.py's OnlineRunner start-up and exit_with_one_line turn into one line.
+ONE_LINE_ERRORS = (UserError, SnapshotError)
+GOAL = [0.0, 0.6, 0.02, 0.1, 0.8, 0.2]
+LAYOUT = "[obj_x, obj_y, obj_z, goal_x, goal_y, goal_z]"
+SNAPSHOT = "{tmp}/snaps/1/snapshot_100.pt"
+
+
+# ----------------------------------------------------------------------------------- writers
+def goals(text_or_content):
+    """Writes goals.json in the case folder: a str as it is, anything else as JSON."""
+    def write(tmp):
+        text = text_or_content if isinstance(text_or_content, str) else json.dumps(text_or_content)
+        (tmp / "goals.json").write_text(text)
+    return write
+
+
+def goal_sets(*sizes):
+    return {"goal_sets": {str(k): [GOAL] * size for k, size in enumerate(sizes)}}
+
+
+def snapshot(payload_or_writer):
+    """Writes <tmp>/snaps/1/snapshot_100.pt: a payload with save_snapshot, or via a function of the path."""
+    def write(tmp):
+        path = tmp / "snaps" / "1" / "snapshot_100.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if callable(payload_or_writer):
+            payload_or_writer(path)
+        else:
+            save_snapshot(payload_or_writer, path)
+    return write
+
+
+def _truncated(path):
+    save_snapshot({"agent": {"modules": {"w": torch.zeros(100)}}, "obs_type": "states", "domain": "walker"}, path)
+    path.write_bytes(path.read_bytes()[:40])
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def _other_sizes(path):
+    """A real pre-training snapshot of an agent with a smaller RSSM than the run's config."""
+    agent = build_agent(compose_config(TINY + ["rssm.deter=16"]), (24,), 6, torch.device("cpu"))
+    save_snapshot({"agent": agent.snapshot_state(), "obs_type": "states", "domain": "walker"}, path)
+
+
+def _other_snapshot_only(tmp):
+    save_snapshot({"agent": {}, "obs_type": "states", "domain": "walker"}, tmp / "snaps" / "1" / "snapshot_300.pt")
+
+
+def episode_file(name="episode_0_40.npz", rows=41, obs_dim=24, drop=(), **replace):
+    """Writes <tmp>/buffer/<name>: a walker-shaped episode of zeros, with keys dropped or replaced."""
+    def write(tmp):
+        arrays = {"observation": np.zeros((rows, obs_dim), np.float32), "action": np.zeros((rows, 6), np.float32),
+                  "reward": np.zeros((rows, 1), np.float32), "discount": np.ones((rows, 1), np.float32)}
+        arrays.update(replace)
+        for key in drop:
+            del arrays[key]
+        (tmp / "buffer").mkdir(exist_ok=True)
+        np.savez_compressed(tmp / "buffer" / name, **arrays)
+    return write
+
+
+def _truncated_episode(tmp):
+    episode_file()(tmp)
+    path = tmp / "buffer" / "episode_0_40.npz"
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _not_a_zip(tmp):
+    (tmp / "buffer").mkdir()
+    (tmp / "buffer" / "episode_0_40.npz").write_text("not a zip file")
+
+
+def _empty_folder(tmp):
+    (tmp / "buffer").mkdir()
+    (tmp / "buffer" / "README.txt").write_text("no episodes here")
+
+
+# ------------------------------------------------------------------------------------- table
+def case(kind, name, expected, write=None, overrides=(), marks=()):
+    return pytest.param(kind, write, list(overrides), list(expected), id=f"{kind}-{name}", marks=marks)
+
+
+CASES = [
+    # -- config values (the finetune config, as finetune.py composes it)
+    case("config", "unknown domain", ["unknown domain 'cheetah' in task 'cheetah_run'",
+                                      "valid domains: walker, quadruped, jaco, mw"], overrides=["task=cheetah_run"]),
+    case("config", "precision", ["precision=8 is not supported", "valid: 32, 16"], overrides=["precision=8"]),
+    case("config", "mw action repeat", ["bad action_repeat 3 for mw_reach", "valid action repeats: 1, 2"],
+         overrides=["task=mw_reach", "action_repeat=3"]),
+    case("config", "mw seed", ["bad seed 10 for mw_reach", "valid seeds: 0..9"],
+         overrides=["task=mw_reach", "seed=10"]),
+    case("config", "goals_file for walker", ["goals_file='{tmp}/goals.json'", "Meta-World tasks (mw_reach) only",
+                                             "walker_stand has fixed goals", "goals_file=null"],
+         write=goals(goal_sets(2, 2)), overrides=["task=walker_stand", "goals_file=goals.json"]),
+    # -- fine-tuning snapshots (custom_snap_dir={tmp}/snaps, seed=1, snapshot_ts=100)
+    case("snapshot", "missing", [f"snapshot not found: {SNAPSHOT}", "snapshot_ts values there: 300",
+                                 "snapshot_ts=0 trains from scratch"], write=_other_snapshot_only),
+    case("snapshot", "truncated", [f"snapshot {SNAPSHOT} is corrupt or truncated"], write=snapshot(_truncated)),
+    case("snapshot", "empty file", [SNAPSHOT, "corrupt or truncated"],
+         write=snapshot(lambda path: path.write_bytes(b""))),
+    case("snapshot", "text file", [SNAPSHOT, "corrupt or truncated"],
+         write=snapshot(lambda path: path.write_text("hello, this is not a snapshot\n"))),
+    case("snapshot", "pickled code", [f"refusing to load {SNAPSHOT}", "tensors and plain containers"],
+         write=snapshot(lambda path: torch.save({"agent": _Payload()}, path))),
+    case("snapshot", "not a dict", [f"snapshot {SNAPSHOT} does not hold a dict"],
+         write=snapshot(lambda path: torch.save([1, 2, 3], path))),
+    case("snapshot", "pixels snapshot", [SNAPSHOT, "pre-trained with obs_type='pixels'",
+                                         "this run has obs_type='states'"],
+         write=snapshot({"agent": {"modules": {}}, "obs_type": "pixels", "domain": "walker"})),
+    case("snapshot", "other domain", [SNAPSHOT, "pre-trained with domain='jaco'", "this run has domain='walker'"],
+         write=snapshot({"agent": {"modules": {}}, "obs_type": "states", "domain": "jaco"})),
+    case("snapshot", "no agent weights", [SNAPSHOT, "agent"],
+         write=snapshot({"obs_type": "states", "domain": "walker"})),
+    case("snapshot", "other network sizes", ["the snapshot's networks differ from this config's", "snapshot (",
+                                             "use the sizes it was pre-trained with"], write=snapshot(_other_sizes)),
+    # -- datasets ({tmp}/buffer read for walker_stand)
+    case("dataset", "missing folder", ["dataset folder {tmp}/buffer does not exist", "<prefix>_<index>_<length>.npz",
+                                       "dataset_dir="]),
+    case("dataset", "empty folder", ["dataset folder {tmp}/buffer holds no episode files (*.npz)"],
+         write=_empty_folder),
+    case("dataset", "not a zip", ["{tmp}/buffer/episode_0_40.npz cannot be read: corrupt or truncated",
+                                  "on_bad_file=skip"], write=_not_a_zip),
+    case("dataset", "truncated npz", ["{tmp}/buffer/episode_0_40.npz cannot be read: corrupt or truncated"],
+         write=_truncated_episode),
+    case("dataset", "pickled array", ["episode_0_40.npz cannot be read", "allow_pickle=False"],
+         write=episode_file(reward=np.array([[None]] * 41, dtype=object))),
+    case("dataset", "missing key", ["episode_0_40.npz lacks the key(s) discount",
+                                    "an episode file holds observation, action, reward, discount"],
+         write=episode_file(drop=["discount"])),
+    case("dataset", "other domain", ["episode_0_40.npz: 'observation' has shape (41, 39)",
+                                     "walker_stand environment expects (41, 24)"], write=episode_file(obs_dim=39)),
+    case("dataset", "misnamed file", ["episode.npz", "<prefix>_<index>_<length>.npz"],
+         write=episode_file(name="episode.npz")),
+    # -- Meta-World goal files (task=mw_reach goals_file=goals.json, relative to the case folder)
+    case("goals", "missing", ["goals file {tmp}/goals.json not found", 'expected JSON {"goal_sets": {"0": [' + LAYOUT,
+                              "goals_file=null uses the shipped mw_reach_harder_goals.json"]),
+    case("goals", "a folder", ["goals file {tmp}/goals.json is not a file"],
+         write=lambda tmp: (tmp / "goals.json").mkdir()),
+    case("goals", "not JSON", ["goals file {tmp}/goals.json is not valid JSON", "at line 3 column 1",
+                               'expected JSON {"goal_sets"'],
+         write=goals('{"goal_sets": {\n "0": [[1, 2, 3, 4, 5, 6]],\n}')),
+    case("goals", "top-level list", ['{tmp}/goals.json has no "goal_sets" object at the top (found a JSON list)'],
+         write=goals([[GOAL]])),
+    case("goals", "no goal_sets key", ['{tmp}/goals.json has no "goal_sets" object at the top (found keys \'goals\')'],
+         write=goals({"goals": {"0": [GOAL]}})),
+    case("goals", "goal_sets a list", ['{tmp}/goals.json: "goal_sets" is [[', 'expected a non-empty object {"0": ['],
+         write=goals({"goal_sets": [[GOAL]]})),
+    case("goals", "short goal", ['{tmp}/goals.json: goal_sets["1"][2] is [1, 2, 3, 4, 5]',
+                                 "expected a list of 6 numbers " + LAYOUT],
+         write=goals({"goal_sets": {"0": [GOAL] * 3, "1": [GOAL, GOAL, [1, 2, 3, 4, 5]]}})),
+    case("goals", "string in goal", ['goal_sets["0"][0] is [0.0, 0.6, 0.02, 0.1, 0.8, "0.2"]', "6 numbers"],
+         write=goals({"goal_sets": {"0": [GOAL[:5] + ["0.2"]]}})),
+    case("goals", "NaN", ['{tmp}/goals.json: goal_sets["0"][1] is [0.0, 0.6, NaN', "expected finite numbers"],
+         write=goals({"goal_sets": {"0": [GOAL, GOAL[:2] + [float("nan")] + GOAL[3:]]}})),
+    case("goals", "sets of two sizes", ['{tmp}/goals.json: goal_sets["0"] holds 3 goals but goal_sets["1"] holds 2',
+                                        "every goal set to hold the same number"], write=goals(goal_sets(3, 2))),
+    case("goals", "gap in set keys", ["goal set key(s) '2' do not fit", 'expected the keys "0".."1"'],
+         write=goals({"goal_sets": {"0": [GOAL], "2": [GOAL]}})),
+    case("goals", "seed without a set", ["bad seed 2 for mw_reach", "valid seeds: 0..1",
+                                         "one goal set each in goals file {tmp}/goals.json"],
+         write=goals(goal_sets(3, 3)), overrides=["seed=2"]),
+    case("goals", "task_id past the set", ["bad task_id 3 for mw_reach", "valid task ids: 0..2 or None",
+                                           "goals file {tmp}/goals.json"],
+         write=goals(goal_sets(3, 3)), overrides=["seed=1", "task_id=3"]),
+]
+
+
+@pytest.fixture(scope="module")
+def walker_env():
+    env = envs.make("walker_stand", "states", 1, 0)
+    yield env
+    env.close()
+
+
+@pytest.mark.parametrize("kind, write, overrides, expected", CASES)
+def test_bad_input_gives_one_line_naming_it(tmp_path, monkeypatch, capsys, request, kind, write, overrides, expected):
+    monkeypatch.chdir(tmp_path)
+    if write is not None:
+        write(tmp_path)
+    fill = lambda text: text.replace("{tmp}", str(tmp_path))  # noqa: E731
+    overrides, expected = [fill(o) for o in overrides], [fill(e) for e in expected]
+    with pytest.raises(ONE_LINE_ERRORS) as error:
+        if kind == "config":
+            OnlineRunner(compose_config(TINY + overrides, "finetune"), tmp_path / "run", phase="finetune")
+        elif kind == "goals":
+            cfg = compose_config(TINY + ["task=mw_reach", "goals_file=goals.json", *overrides], "finetune")
+            OnlineRunner(cfg, tmp_path / "run", phase="finetune")
+        elif kind == "snapshot":
+            cfg = compose_config(TINY + [f"custom_snap_dir={tmp_path / 'snaps'}", "seed=1", "snapshot_ts=100",
+                                         "task=walker_stand", *overrides], "finetune")
+            OnlineRunner(cfg, tmp_path / "run", phase="finetune")
+        elif kind == "dataset":
+            exorl.load_dataset(tmp_path / "buffer", request.getfixturevalue("walker_env"), task="walker_stand",
+                               progress=False)
+    message = str(error.value)
+    assert "\n" not in message, message
+    for text in expected:
+        assert text in message, f"{text!r} not in {message!r}"
+    assert "this must never run" not in capsys.readouterr().out
+
+
+def test_table_spans_all_kinds_with_enough_cases():
+    kinds = [param.values[0] for param in CASES]
+    assert {"config", "snapshot", "dataset", "goals"} <= set(kinds)
+    assert len(kinds) >= 15 and all(kinds.count(kind) >= 3 for kind in set(kinds))
+
+
+def test_finetune_script_prints_one_error_line_for_a_bad_goals_file(tmp_path):
+    """End to end: a relative goals_file is read from where the command runs, and a bad one is one line."""
+    (tmp_path / "my_goals.json").write_text(json.dumps({"goal_sets": {"0": [GOAL, GOAL[:5]]}}))
+    command = [sys.executable, str(REPO / "finetune.py"), *TINY, "configs=dmc_states", "task=mw_reach", "seed=0",
+               "goals_file=my_goals.json", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f'error: goals file {tmp_path / "my_goals.json"}: goal_sets["0"][1] is {json.dumps(GOAL[:5])}; '
+        f"expected a list of 6 numbers {LAYOUT}"], result.stderr
+
+
+def test_a_valid_goals_file_is_used_for_the_run_seed_and_its_size(tmp_path, monkeypatch):
+    """A good custom file (relative path): the seed's set gives the env's goals, and an evaluation
+    without task_id covers every goal of the set once."""
+    sets = {"goal_sets": {"0": [GOAL] * 2, "1": [[0.0, 0.6, 0.02, -0.1, 0.75, 0.15], GOAL]}}
+    (tmp_path / "goals.json").write_text(json.dumps(sets))
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_config(TINY + ["task=mw_reach", "goals_file=goals.json", "seed=1", "snapshot_ts=0"], "finetune")
+    runner = OnlineRunner(cfg, tmp_path / "run", phase="finetune")
+    try:
+        assert runner.eval_env.num_goals == 2 and runner.eval_episodes() == [0, 1]
+        runner.eval_env.reset(task_id=0)
+        np.testing.assert_allclose(runner.eval_env.goal_position, sets["goal_sets"]["1"][0][3:])
+    finally:
+        runner.train_env.close()
+        runner.eval_env.close()
+        runner.logger.close()
