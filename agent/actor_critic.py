@@ -40,7 +40,8 @@ class ActorCritic(nn.Module):
     def __init__(self, feat_dim: int, action_dim: int, actor: dict, critic: dict, actor_opt: dict,
                  critic_opt: dict, reward_norm: dict, discount: float = 0.99, discount_lambda: float = 0.95,
                  actor_ent: float = 0.0, slow_target: bool = True, slow_target_update: int = 100,
-                 slow_target_fraction: float = 1.0, cond_dim: int = 0, prefix: str = ""):
+                 slow_target_fraction: float = 1.0, cond_dim: int = 0, prefix: str = "",
+                 fast: bool = False):
         super().__init__()
         in_dim = feat_dim + cond_dim
         self.actor = ActorHead(in_dim, action_dim, actor["layers"], actor["units"], actor["norm"], actor["min_std"])
@@ -54,6 +55,9 @@ class ActorCritic(nn.Module):
         self.slow_target = slow_target
         self.slow_target_update, self.slow_target_fraction = slow_target_update, slow_target_fraction
         self.prefix = prefix
+        # Fast mode takes the policy entropy from the distributions of the imagination loop, which
+        # saw the same detached inputs, instead of running the actor over the rollout again.
+        self.fast = fast
         self.updates = 0
 
     def policy_input(self, feat: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
@@ -61,10 +65,15 @@ class ActorCritic(nn.Module):
             return feat
         return torch.cat([feat, cond.expand(*feat.shape[:-1], cond.shape[-1])], -1)
 
-    def imagine(self, rssm: RSSM, start: State, horizon: int, cond: torch.Tensor | None = None) -> State:
-        """Imagined states (H+1, N, ...) under this actor; ``cond`` (N, C) is held fixed."""
+    def imagine(self, rssm: RSSM, start: State, horizon: int, cond: torch.Tensor | None = None,
+                entropies: list | None = None) -> State:
+        """Imagined states (H+1, N, ...) under this actor; ``cond`` (N, C) is held fixed. The
+        policy entropy at each step is appended to ``entropies`` when one is given."""
         def policy(feat: torch.Tensor, _t: int) -> torch.Tensor:
-            return self.actor(self.policy_input(feat.detach(), cond)).sample()
+            dist = self.actor(self.policy_input(feat.detach(), cond))
+            if entropies is not None:
+                entropies.append(dist.entropy())
+            return dist.sample()
 
         states, _ = imagine(rssm, policy, start, horizon)
         return states
@@ -74,12 +83,16 @@ class ActorCritic(nn.Module):
         """One actor and one critic step on a fresh imagined rollout from ``start`` (N, ...)."""
         p = self.prefix
         with trainable(self.actor):
-            states = self.imagine(rssm, start, horizon, cond)
+            entropies = [] if self.fast else None
+            states = self.imagine(rssm, start, horizon, cond, entropies)
             feat = rssm.feat(states)
             inputs = self.policy_input(feat, cond)
             reward, metrics = self.reward_norm(reward_fn(states, feat), prefix=f"{p}reward")
             target, weight, value = self.targets(inputs, reward)
-            ent = self.actor(inputs[:-2].detach()).entropy()
+            if self.fast:
+                ent = torch.stack(entropies[:-1], 0)
+            else:
+                ent = self.actor(inputs[:-2].detach()).entropy()
             objective = target[1:] + self.actor_ent * ent
             actor_loss = -(weight[:-2] * objective).mean()
             metrics.update(self.actor_opt(actor_loss))

@@ -31,12 +31,16 @@ class ChoreoAgent(nn.Module):
                  skill_actor_ent: float, code_dim: int, code_resampling: bool, resample_every: int,
                  update_skill_every_step: int, knn_k: int, knn_clip: float, knn_chunk_elements: int,
                  num_init_frames: int = 4000, action_repeat: int = 1, freeze_skills: bool = False,
-                 **unused: Any):
+                 mode: str = "fast", **unused: Any):
         super().__init__()
         if precision not in (16, 32):
             raise ValueError(f"precision={precision} is not supported; valid: 32, 16")
+        if mode not in ("fast", "eager"):
+            raise ValueError(f"mode={mode!r} is not supported; valid: fast, eager")
         self.device = torch.device(device)
         self.precision = precision
+        # eager: the plain implementation, kept to measure the speed work against (bench/speed.py).
+        self.fast = mode == "fast"
         self.action_dim = action_dim
         self.imag_horizon = imag_horizon
         self.imag_starts = imag_starts
@@ -53,7 +57,8 @@ class ChoreoAgent(nn.Module):
 
         self.wm = WorldModel(obs_shape, action_dim, reward_head=reward_head, model_opt=model_opt, **world_model)
         feat_dim = self.wm.rssm.feat_dim
-        ac_common = dict(actor=actor, critic=critic, actor_opt=actor_opt, critic_opt=critic_opt, **behaviour)
+        ac_common = dict(actor=actor, critic=critic, actor_opt=actor_opt, critic_opt=critic_opt, fast=self.fast,
+                         **behaviour)
         self._meta_args = dict(feat_dim=feat_dim, skill_dim=skill_dim, **ac_common)
         self.lbs = LBSHead(feat_dim, reward_head["layers"], reward_head["units"], reward_head["norm"], model_opt)
         self.expl_ac = ActorCritic(feat_dim, action_dim, reward_norm=reward_norm, actor_ent=actor_ent, **ac_common)
@@ -62,6 +67,7 @@ class ChoreoAgent(nn.Module):
         self.skill_ac = ActorCritic(feat_dim, action_dim, reward_norm=skill_reward_norm, actor_ent=skill_actor_ent,
                                     cond_dim=skill_dim, prefix="skill_", **ac_common)
         self.to(self.device)
+        self.set_inplace_activations()
         # Every parameter stays frozen outside its own update (spec 8.3, last line).
         self.requires_grad_(False)
 
@@ -85,7 +91,16 @@ class ChoreoAgent(nn.Module):
         self.meta = MetaController(executor=self.skill_ac.actor, train_executor=not self.freeze_skills,
                                    **self._meta_args)
         self.to(self.device)
+        self.set_inplace_activations()
         self.requires_grad_(False)
+
+    def set_inplace_activations(self) -> None:
+        """Fast mode: ELUs overwrite their input, which every layer here (linear, convolution, layer
+        norm) leaves unused in its backward pass, so autograd keeps one tensor per layer instead of
+        two and no output buffer is allocated."""
+        for module in self.modules():
+            if isinstance(module, nn.ELU):
+                module.inplace = self.fast
 
     def init_from(self, pretrained: dict[str, torch.Tensor]) -> None:
         """Copy the pre-trained world model (RSSM, encoder, decoder), skill module (VQ encoder,
@@ -218,7 +233,7 @@ class ChoreoAgent(nn.Module):
         def reward(states: State, _feat: torch.Tensor) -> torch.Tensor:
             deter = states["deter"]
             entropy = particle_entropy_reward(deter.reshape(-1, deter.shape[-1]).detach(), self.knn_k,
-                                              self.knn_clip, self.knn_chunk_elements)
+                                              self.knn_clip, self.knn_chunk_elements, fused=self.fast)
             return entropy.reshape(deter.shape[:-1]).to(deter.dtype) + self.skill_module.code_reward(skill, deter)
         return reward
 

@@ -4,6 +4,8 @@
   feature; its prediction on imagined states is the exploration reward.
 * ``particle_entropy_reward``: the APT-style k-nearest-neighbour entropy reward over imagined
   deterministic states, computed in row chunks so memory stays bounded (decision 5).
+  ``fused=True`` (the fast mode) gets each chunk of distances from one matrix product and keeps
+  chunks small enough to stay in cache; ``fused=False`` is the plain version kept for comparison.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ class LBSHead(nn.Module):
 
 @torch.no_grad()
 def particle_entropy_reward(points: torch.Tensor, k: int = 30, clip: float = 1e-4,
-                            chunk_elements: int = 1 << 25) -> torch.Tensor:
+                            chunk_elements: int = 1 << 25, fused: bool = False) -> torch.Tensor:
     """Mean distance to the k nearest neighbours (the point itself included), each distance
     reduced by ``clip`` and floored at 0, for every row of ``points`` (M, D) -> (M,).
 
@@ -43,6 +45,8 @@ def particle_entropy_reward(points: torch.Tensor, k: int = 30, clip: float = 1e-
     """
     points = points.float()
     points = points - points.mean(0, keepdim=True)
+    if fused:
+        return _particle_entropy_fused(points, k, clip, chunk_elements)
     total = points.shape[0]
     k = min(k, total)
     sq_norm = points.pow(2).sum(-1)
@@ -55,4 +59,33 @@ def particle_entropy_reward(points: torch.Tensor, k: int = 30, clip: float = 1e-
         nearest = sq_dist.topk(k, dim=-1, largest=False).values
         distance = nearest.clamp(min=0).sqrt()
         out[start:start + rows] = (distance - clip).clamp(min=0).mean(-1)
+    return out
+
+
+# Rows of distances per chunk in the fused version, at most: a (rows, M) block small enough to be
+# read back by top-k from cache rather than from memory (measured in bench/speed.py).
+FUSED_CHUNK_ROWS = 128
+
+
+def _particle_entropy_fused(points: torch.Tensor, k: int, clip: float, chunk_elements: int) -> torch.Tensor:
+    """Same result as the plain version. [a, 1] . [-2b, |b|^2] = d^2(a, b) - |a|^2, so each block
+    of squared distances, up to a per-row constant that does not change the ranking, is a single
+    matrix product with no broadcast add or copy; the constant is added to the k kept values only."""
+    total, _ = points.shape
+    k = min(k, total)
+    sq_norm = points.pow(2).sum(-1)
+    ones = torch.ones(total, 1, device=points.device, dtype=points.dtype)
+    lhs = torch.cat([points, ones], 1)
+    rhs = torch.cat([-2 * points, sq_norm[:, None]], 1).t().contiguous()
+    rows = max(1, min(FUSED_CHUNK_ROWS, chunk_elements // total))
+    out = torch.empty(total, device=points.device)
+    for start in range(0, total, rows):
+        stop = min(start + rows, total)
+        shifted = lhs[start:stop] @ rhs
+        own_norm = sq_norm[start:stop]
+        # A point's distance to itself is exactly 0: its shifted value is -|a|^2.
+        shifted.diagonal(offset=start).copy_(-own_norm)
+        nearest = shifted.topk(k, dim=-1, largest=False, sorted=False).values
+        distance = (nearest + own_norm[:, None]).clamp(min=0).sqrt()
+        out[start:stop] = (distance - clip).clamp(min=0).mean(-1)
     return out

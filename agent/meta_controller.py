@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.distributions import OneHotCategorical
 from models.mlp import ActorHead, MSEHead, OneHotHead
 from models.normalise import StreamNorm
 from models.optim import Optimizer, trainable
@@ -24,7 +25,7 @@ class MetaController(nn.Module):
     def __init__(self, feat_dim: int, skill_dim: int, executor: ActorHead, actor: dict, critic: dict,
                  actor_opt: dict, critic_opt: dict, discount: float = 0.99, discount_lambda: float = 0.95,
                  slow_target: bool = True, slow_target_update: int = 100, slow_target_fraction: float = 1.0,
-                 train_executor: bool = True):
+                 train_executor: bool = True, fast: bool = False):
         super().__init__()
         self.selector = OneHotHead(feat_dim, skill_dim, actor["layers"], actor["units"], actor["norm"])
         self.critic = MSEHead(feat_dim, 1, critic["layers"], critic["units"], critic["norm"])
@@ -40,6 +41,9 @@ class MetaController(nn.Module):
         self.slow_target = slow_target
         self.slow_target_update, self.slow_target_fraction = slow_target_update, slow_target_fraction
         self.skill_dim = skill_dim
+        # Fast mode reuses the selector and executor outputs of the imagination loop (same detached
+        # inputs) instead of running both networks over the rollout a second time.
+        self.fast = fast
         self.updates = 0
 
     @property
@@ -50,16 +54,23 @@ class MetaController(nn.Module):
         return {"selector_actor": self.selector_opt, "executor_actor": self.executor_opt,
                 "selector_critic": self.critic_opt}
 
-    def imagine(self, rssm: RSSM, start: State, horizon: int) -> tuple[State, torch.Tensor]:
-        """States (H+1, N, ...) and skills (H+1, N, K); the selector re-chooses at every step."""
+    def imagine(self, rssm: RSSM, start: State, horizon: int, outputs: dict | None = None
+                ) -> tuple[State, torch.Tensor]:
+        """States (H+1, N, ...) and skills (H+1, N, K); the selector re-chooses at every step. With
+        ``outputs`` given, the selector's distributions and the executor's entropies per step are
+        appended to its lists ``selector`` and ``executor_entropy``."""
         states, skills = [start], [torch.zeros(*start["deter"].shape[:-1], self.skill_dim,
                                                 device=start["deter"].device)]
         state = start
         for _ in range(horizon):
             feat = rssm.feat(state).detach()
-            skill = self.selector(feat).sample()
-            action = self.executor(torch.cat([feat, skill.detach()], -1)).sample()
-            state = rssm.img_step(state, action)
+            selector = self.selector(feat)
+            skill = selector.sample()
+            executor = self.executor(torch.cat([feat, skill.detach()], -1))
+            if outputs is not None:
+                outputs["selector"].append(selector)
+                outputs["executor_entropy"].append(executor.entropy().detach())
+            state = rssm.img_step(state, executor.sample())
             states.append(state)
             skills.append(skill)
         return _stack(states, 0), torch.stack(skills, 0)
@@ -67,14 +78,18 @@ class MetaController(nn.Module):
     def update(self, rssm: RSSM, start: State, horizon: int, reward_head: nn.Module) -> dict[str, torch.Tensor]:
         executor_scope = (self.executor,) if self.train_executor else ()
         with trainable(self.selector, *executor_scope):
-            states, skills = self.imagine(rssm, start, horizon)
+            outputs = {"selector": [], "executor_entropy": []} if self.fast else None
+            states, skills = self.imagine(rssm, start, horizon, outputs)
             feat = rssm.feat(states)
             reward, metrics = self.reward_norm(reward_head(feat).mean.squeeze(-1))
             value = self.target_critic(feat).mean.squeeze(-1)
             discount = torch.full_like(reward, self.discount)
             target = lambda_return(reward, value, discount, self.lambda_)
             weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]], 0), 0).detach()
-            selector = self.selector(feat[:-2].detach())
+            if self.fast:
+                selector = OneHotCategorical(torch.stack([d.logits for d in outputs["selector"][:-1]], 0))
+            else:
+                selector = self.selector(feat[:-2].detach())
             advantage = (target[1:] - value[:-2]).detach()
             entropy = selector.entropy()
             high_loss = -(weight[:-2] * (selector.log_prob(skills[1:-1].detach()) * advantage
@@ -84,8 +99,11 @@ class MetaController(nn.Module):
                 low_loss = -(weight[:-2] * target[1:]).mean()
                 metrics.update(self.executor_opt(low_loss))
         dist = train_critic(self, feat, target, weight, metrics)
-        with torch.no_grad():
-            low_entropy = self.executor(torch.cat([feat[:-2], skills[1:-1]], -1).detach()).entropy()
+        if self.fast:
+            low_entropy = torch.stack(outputs["executor_entropy"][:-1], 0)
+        else:
+            with torch.no_grad():
+                low_entropy = self.executor(torch.cat([feat[:-2], skills[1:-1]], -1).detach()).entropy()
         metrics.update({
             "high_actor_ent": entropy.detach().mean(), "low_actor_ent": low_entropy.mean(),
             "skills_updated": torch.zeros(self.skill_dim, device=feat.device).index_fill_(

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 import envs
 from agent.choreo import ChoreoAgent
 from agent.report import log_openloop_video
-from utils.device import has_fast_bf16, resolve_device
+from utils.device import has_fast_bf16, keep_freed_host_memory, resolve_device
 from utils.errors import TrainingDiverged, UserError
 from utils.logger import Logger
 from utils.progress import Progress
@@ -37,6 +37,8 @@ def build_agent(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int, de
     if cfg.precision == 16 and not has_fast_bf16(torch.device(device)):
         print(f"warning: precision=16 on {device}: this device has no fast bf16 matrix unit (AMX, AVX512-BF16 "
               "or a bf16 GPU), so bf16 runs slower than precision=32 here", flush=True)
+    if cfg.get("mode", "fast") == "fast" and torch.device(device).type == "cpu":
+        keep_freed_host_memory()
     agent_cfg = plain(cfg.agent)
     world_model = dict(encoder=plain(cfg.encoder), decoder=plain(cfg.decoder), rssm=plain(cfg.rssm),
                        kl=plain(cfg.kl), loss_scales=plain(cfg.loss_scales), grad_heads=agent_cfg["grad_heads"],

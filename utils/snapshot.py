@@ -58,7 +58,8 @@ def load_snapshot(path: str | os.PathLike, map_location: str | torch.device = "c
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        # torch names the refused class or function "GLOBAL module.name" in its messages.
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
         if found:
             raise SnapshotError(f"refusing to load {path}: it holds objects other than tensors and plain "
                                 f"containers ({found.group(1)})") from error

@@ -1,0 +1,51 @@
+"""The fast mode is a faster route to the same numbers: ``mode=fast`` and ``mode=eager`` give the
+same losses on the same batch, in fp32 and in bf16 (issue "Speed")."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import TINY, batch_from_rollout, compose_config, walker_rollout
+from utils.runner import build_agent
+
+# fp32: only round-off differs (the fused particle-entropy distances, ~1e-6). bf16: the same round-off
+# can move a reward across a bf16 rounding step (8 bits of mantissa, 0.4%), which reaches the losses.
+TOLERANCE = {32: dict(rel=1e-4, abs=1e-5), 16: dict(rel=1e-2, abs=1e-3)}
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return batch_from_rollout(walker_rollout("states", 4 * 16), 4, 16)
+
+
+def losses(mode: str, precision: int, batch: dict, finetune: bool) -> dict[str, float]:
+    cfg = compose_config(TINY + [f"mode={mode}", f"precision={precision}"])
+    torch.manual_seed(0)
+    agent = build_agent(cfg, (batch["observation"].shape[-1],), batch["action"].shape[-1], torch.device("cpu"))
+    if finetune:
+        agent.finetune_mode()
+    torch.manual_seed(1)
+    first = agent.update(batch)
+    second = agent.update(batch)  # after a step of every optimiser, so the parameters matched too
+    return {f"{key}@{i}": float(value) for i, metrics in enumerate((first, second)) for key, value in metrics.items()}
+
+
+@pytest.mark.parametrize("precision", [32, 16])
+@pytest.mark.parametrize("finetune", [False, True], ids=["pretrain", "finetune"])
+def test_fast_and_eager_give_the_same_losses(batch, precision, finetune):
+    if finetune:
+        batch = dict(batch, reward=batch["reward"] + 1.0)  # opens the reward gate, so the meta-controller trains
+    eager = losses("eager", precision, batch, finetune)
+    fast = losses("fast", precision, batch, finetune)
+    assert eager.keys() == fast.keys()
+    checked = [key for key in eager if "loss" in key or "ent" in key or "reward" in key]
+    assert len(checked) >= (8 if finetune else 20)
+    for key in eager:
+        assert fast[key] == pytest.approx(eager[key], **TOLERANCE[precision]), key
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(ValueError, match="mode='quick' is not supported; valid: fast, eager"):
+        from agent.choreo import ChoreoAgent
+        cfg = compose_config(TINY + ["mode=quick"])
+        build_agent(cfg, (24,), 6, torch.device("cpu"))
