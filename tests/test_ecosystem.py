@@ -331,9 +331,10 @@ def test_back_to_back_launches_get_their_own_run_and_sweep_folders(script, run_n
     assert first.run.dir != second.run.dir and first.sweep.dir != second.sweep.dir
 
 
-def test_slurm_launcher_config_composes_without_a_cluster(tmp_path):
+@pytest.mark.parametrize("launcher", ["submitit_slurm", "choreo_slurm"])
+def test_slurm_launcher_config_composes_without_a_cluster(tmp_path, launcher):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    result = subprocess.run(PRETRAIN + ["hydra/launcher=choreo_slurm", "--cfg", "hydra"], cwd=tmp_path,
+    result = subprocess.run(PRETRAIN + [f"hydra/launcher={launcher}", "--cfg", "hydra"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     launcher = result.stdout.split("\n  launcher:\n", 1)[1].split("\n  sweeper:", 1)[0]
