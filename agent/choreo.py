@@ -16,6 +16,7 @@ from agent.exploration import LBSHead, particle_entropy_reward
 from agent.meta_controller import MetaController
 from agent.skills import SkillModule
 from agent.world_model import WorldModel, preprocess_obs
+from models.conv import ConvDecoder
 from models.normalise import StreamNorm
 from models.optim import Optimizer, trainable
 from models.rssm import State, flatten_state
@@ -97,10 +98,12 @@ class ChoreoAgent(nn.Module):
     def set_inplace_activations(self) -> None:
         """Fast mode: ELUs overwrite their input, which every layer here (linear, convolution, layer
         norm) leaves unused in its backward pass, so autograd keeps one tensor per layer instead of
-        two and no output buffer is allocated."""
+        two and no output buffer is allocated; the pixel decoder's first layer is a matrix product."""
         for module in self.modules():
             if isinstance(module, nn.ELU):
                 module.inplace = self.fast
+            if isinstance(module, ConvDecoder):
+                module.first_as_matmul = self.fast
 
     def init_from(self, pretrained: dict[str, torch.Tensor]) -> None:
         """Copy the pre-trained world model (RSSM, encoder, decoder), skill module (VQ encoder,

@@ -49,3 +49,20 @@ def test_unknown_mode_is_refused():
         from agent.choreo import ChoreoAgent
         cfg = compose_config(TINY + ["mode=quick"])
         build_agent(cfg, (24,), 6, torch.device("cpu"))
+
+
+def test_pixel_decoder_first_layer_as_a_matrix_product_matches_the_convolution():
+    from models.conv import ConvDecoder
+    torch.manual_seed(0)
+    decoder = ConvDecoder(40, depth=4)
+    feat = torch.randn(2, 3, 40)
+    results = []
+    for as_matmul in (False, True):
+        decoder.first_as_matmul = as_matmul
+        decoder.zero_grad()
+        image = decoder(feat).mean
+        image.pow(2).mean().backward()
+        results.append((image.detach(), decoder.net[0].weight.grad.clone(), decoder.net[0].bias.grad.clone()))
+    assert results[0][0].shape == (2, 3, 3, 64, 64)
+    for conv, matmul in zip(*results):
+        torch.testing.assert_close(matmul, conv, rtol=1e-5, atol=1e-6)
