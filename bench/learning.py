@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default=str(REPO / "bench" / "learning"))
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for both scripts")
+    parser.add_argument("--finetune-extra", nargs="*", default=[], help="more overrides for finetune.py only")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -56,13 +57,14 @@ def main() -> None:
     finetune_s = run("finetune.py", common + [
         "task=walker_stand", f"snapshot_ts={args.pretrain_frames}", f"num_train_frames={args.finetune_frames + 10}",
         f"eval_every_frames={args.eval_every}", f"num_eval_episodes={args.eval_episodes}",
-        f"hydra.run.dir={finetune_dir}"], cwd=out)
+        f"hydra.run.dir={finetune_dir}", *args.finetune_extra], cwd=out)
 
     evals = read_csv(finetune_dir / "eval.csv")
     curve = [(int(row["frame"]), row["episode_reward"]) for row in evals]
     pretrain_train = read_csv(pretrain_dir / "train.csv")
     result = {
         "pretrain_frames": args.pretrain_frames, "finetune_frames": args.finetune_frames,
+        "extra": args.extra, "finetune_extra": args.finetune_extra,
         "pretrain_wall_s": round(pretrain_s, 1), "finetune_wall_s": round(finetune_s, 1),
         "pretrain_episode_returns": [row["episode_reward"] for row in pretrain_train],
         "finetune_eval_curve": curve,

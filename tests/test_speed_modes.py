@@ -45,10 +45,13 @@ def test_fast_and_eager_give_the_same_losses(batch, precision, finetune):
 
 
 def test_unknown_mode_is_refused():
+    cfg = compose_config(TINY + ["mode=quick"])
     with pytest.raises(ValueError, match="mode='quick' is not supported; valid: fast, eager"):
-        from agent.choreo import ChoreoAgent
-        cfg = compose_config(TINY + ["mode=quick"])
         build_agent(cfg, (24,), 6, torch.device("cpu"))
+    from utils.errors import UserError
+    from utils.runner import check_config
+    with pytest.raises(UserError, match="mode='quick' is not supported; valid: fast, eager"):
+        check_config(cfg)
 
 
 def test_pixel_decoder_first_layer_as_a_matrix_product_matches_the_convolution():

@@ -28,7 +28,9 @@ def has_fast_bf16(device: torch.device) -> bool:
     AVX512-BF16. Elsewhere (this project's 2-core AVX512 CPU, say) bf16 runs several times slower."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    # Private helpers of torch.cpu (2.x); a build without them is treated as having no bf16 unit.
+    probes = (getattr(torch.cpu, "_is_amx_tile_supported", None), getattr(torch.cpu, "_is_avx512_bf16_supported", None))
+    return any(bool(probe()) for probe in probes if probe is not None)
 
 
 def keep_freed_host_memory() -> bool:
