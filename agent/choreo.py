@@ -68,7 +68,7 @@ class ChoreoAgent(nn.Module):
         self.skill_ac = ActorCritic(feat_dim, action_dim, reward_norm=skill_reward_norm, actor_ent=skill_actor_ent,
                                     cond_dim=skill_dim, prefix="skill_", **ac_common)
         self.to(self.device)
-        self.set_inplace_activations()
+        self.apply_speed_mode()
         # Every parameter stays frozen outside its own update (spec 8.3, last line).
         self.requires_grad_(False)
 
@@ -92,13 +92,14 @@ class ChoreoAgent(nn.Module):
         self.meta = MetaController(executor=self.skill_ac.actor, train_executor=not self.freeze_skills,
                                    **self._meta_args)
         self.to(self.device)
-        self.set_inplace_activations()
+        self.apply_speed_mode()
         self.requires_grad_(False)
 
-    def set_inplace_activations(self) -> None:
-        """Fast mode: ELUs overwrite their input, which every layer here (linear, convolution, layer
-        norm) leaves unused in its backward pass, so autograd keeps one tensor per layer instead of
-        two and no output buffer is allocated; the pixel decoder's first layer is a matrix product."""
+    def apply_speed_mode(self) -> None:
+        """Module-level parts of the fast mode. ELUs overwrite their input, which every layer here
+        (linear, convolution, layer norm) leaves unused in its backward pass, so autograd keeps one
+        tensor per layer instead of two and no output buffer is allocated; the pixel decoder's first
+        layer runs as a matrix product."""
         for module in self.modules():
             if isinstance(module, nn.ELU):
                 module.inplace = self.fast

@@ -63,7 +63,7 @@ def particle_entropy_reward(points: torch.Tensor, k: int = 30, clip: float = 1e-
 
 
 # Rows of distances per chunk in the fused version, at most: a (rows, M) block small enough to be
-# read back by top-k from cache rather than from memory (measured in bench/speed.py).
+# read back by top-k from cache rather than from memory (64-512 rows measured: bench/RESULTS.md).
 FUSED_CHUNK_ROWS = 128
 
 
