@@ -15,6 +15,7 @@ from models.distributions import UnitNormal
 from models.mlp import ActorHead, MSEHead
 from models.normalise import StreamNorm
 from models.optim import Optimizer, trainable
+from models.recompute import over_rows
 from models.returns import lambda_return, make_target, update_target
 from models.rssm import RSSM, State, imagine
 
@@ -24,9 +25,10 @@ RewardFn = Callable[[State, torch.Tensor], torch.Tensor]
 def train_critic(owner: nn.Module, inputs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
                  metrics: dict) -> UnitNormal:
     """Critic step (spec 5.7) on detached inputs (H+1, N, D) towards lambda-returns (H, N), then the
-    slow-target refresh; ``owner`` holds critic, target_critic, critic_opt and the update counter."""
+    slow-target refresh; ``owner`` holds critic, target_critic, critic_opt, the update counter and
+    the low_memory flag."""
     with trainable(owner.critic):
-        dist = owner.critic(inputs[:-1].detach())
+        dist = UnitNormal(over_rows(lambda x: owner.critic(x).mean, inputs[:-1].detach(), owner.low_memory))
         critic_loss = -(dist.log_prob(target.detach().unsqueeze(-1)) * weight[:-1]).mean()
         metrics.update(owner.critic_opt(critic_loss))
     if owner.slow_target:
@@ -41,7 +43,7 @@ class ActorCritic(nn.Module):
                  critic_opt: dict, reward_norm: dict, discount: float = 0.99, discount_lambda: float = 0.95,
                  actor_ent: float = 0.0, slow_target: bool = True, slow_target_update: int = 100,
                  slow_target_fraction: float = 1.0, cond_dim: int = 0, prefix: str = "",
-                 fast: bool = False):
+                 fast: bool = False, low_memory: bool = False):
         super().__init__()
         in_dim = feat_dim + cond_dim
         self.actor = ActorHead(in_dim, action_dim, actor["layers"], actor["units"], actor["norm"], actor["min_std"])
@@ -58,6 +60,8 @@ class ActorCritic(nn.Module):
         # Fast mode takes the policy entropy from the distributions of the imagination loop, which
         # saw the same detached inputs, instead of running the actor over the rollout again.
         self.fast = fast
+        # Recompute imagination steps and head activations in the backward pass (models/recompute.py).
+        self.low_memory = low_memory
         self.updates = 0
 
     def policy_input(self, feat: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
@@ -66,33 +70,32 @@ class ActorCritic(nn.Module):
         return torch.cat([feat, cond.expand(*feat.shape[:-1], cond.shape[-1])], -1)
 
     def imagine(self, rssm: RSSM, start: State, horizon: int, cond: torch.Tensor | None = None,
-                entropies: list | None = None) -> State:
-        """Imagined states (H+1, N, ...) under this actor; ``cond`` (N, C) is held fixed. The
-        policy entropy at each step is appended to ``entropies`` when one is given."""
-        def policy(feat: torch.Tensor, _t: int) -> torch.Tensor:
+                with_entropy: bool = False) -> tuple[State, dict[str, torch.Tensor]]:
+        """Imagined states (H+1, N, ...) under this actor, ``cond`` (N, C) held fixed, and with
+        ``with_entropy`` the policy entropy of each step (H, N) under the key ``entropy``."""
+        def policy(feat: torch.Tensor, _t: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             dist = self.actor(self.policy_input(feat.detach(), cond))
-            if entropies is not None:
-                entropies.append(dist.entropy())
-            return dist.sample()
+            return dist.sample(), ({"entropy": dist.entropy()} if with_entropy else {})
 
-        states, _ = imagine(rssm, policy, start, horizon)
-        return states
+        states, _, outputs = imagine(rssm, policy, start, horizon, recompute_steps=self.low_memory)
+        return states, outputs
 
     def update(self, rssm: RSSM, start: State, horizon: int, reward_fn: RewardFn,
                cond: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One actor and one critic step on a fresh imagined rollout from ``start`` (N, ...)."""
         p = self.prefix
         with trainable(self.actor):
-            entropies = [] if self.fast else None
-            states = self.imagine(rssm, start, horizon, cond, entropies)
+            states, outputs = self.imagine(rssm, start, horizon, cond, with_entropy=self.fast)
             feat = rssm.feat(states)
+            if self.low_memory:  # the rewards read at most ``deter``; the stacked one-hots can go
+                states = {"deter": states["deter"]}
             inputs = self.policy_input(feat, cond)
             reward, metrics = self.reward_norm(reward_fn(states, feat), prefix=f"{p}reward")
             target, weight, value = self.targets(inputs, reward)
             if self.fast:
-                ent = torch.stack(entropies[:-1], 0)
+                ent = outputs["entropy"][:-1]
             else:
-                ent = self.actor(inputs[:-2].detach()).entropy()
+                ent = over_rows(lambda x: self.actor(x).entropy(), inputs[:-2].detach(), self.low_memory)
             objective = target[1:] + self.actor_ent * ent
             actor_loss = -(weight[:-2] * objective).mean()
             metrics.update(self.actor_opt(actor_loss))
@@ -107,7 +110,7 @@ class ActorCritic(nn.Module):
     def targets(self, inputs: torch.Tensor, reward: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Lambda-returns (H, N), weights (H+1, N) = discount^t, and target-critic values (H+1, N)."""
-        value = self.target_critic(inputs).mean.squeeze(-1)
+        value = over_rows(lambda x: self.target_critic(x).mean, inputs, self.low_memory).squeeze(-1)
         discount = torch.full_like(reward, self.discount)
         target = lambda_return(reward, value, discount, self.lambda_)
         weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]], 0), 0).detach()

@@ -19,6 +19,7 @@ from agent.world_model import WorldModel, preprocess_obs
 from models.conv import ConvDecoder
 from models.normalise import StreamNorm
 from models.optim import Optimizer, trainable
+from models.recompute import over_rows
 from models.rssm import State, flatten_state
 
 LatentState = tuple[State, torch.Tensor]
@@ -32,7 +33,7 @@ class ChoreoAgent(nn.Module):
                  skill_actor_ent: float, code_dim: int, code_resampling: bool, resample_every: int,
                  update_skill_every_step: int, knn_k: int, knn_clip: float, knn_chunk_elements: int,
                  num_init_frames: int = 4000, action_repeat: int = 1, freeze_skills: bool = False,
-                 mode: str = "fast", **unused: Any):
+                 mode: str = "fast", low_memory: bool = False, **unused: Any):
         super().__init__()
         if precision not in (16, 32):
             raise ValueError(f"precision={precision} is not supported; valid: 32, 16")
@@ -42,6 +43,8 @@ class ChoreoAgent(nn.Module):
         self.precision = precision
         # eager: the plain implementation, kept to measure the speed work against (bench/speed.py).
         self.fast = mode == "fast"
+        # Recompute activations in the backward pass instead of storing them (models/recompute.py).
+        self.low_memory = bool(low_memory)
         self.action_dim = action_dim
         self.imag_horizon = imag_horizon
         self.imag_starts = imag_starts
@@ -59,7 +62,7 @@ class ChoreoAgent(nn.Module):
         self.wm = WorldModel(obs_shape, action_dim, reward_head=reward_head, model_opt=model_opt, **world_model)
         feat_dim = self.wm.rssm.feat_dim
         ac_common = dict(actor=actor, critic=critic, actor_opt=actor_opt, critic_opt=critic_opt, fast=self.fast,
-                         **behaviour)
+                         low_memory=self.low_memory, **behaviour)
         self._meta_args = dict(feat_dim=feat_dim, skill_dim=skill_dim, **ac_common)
         self.lbs = LBSHead(feat_dim, reward_head["layers"], reward_head["units"], reward_head["norm"], model_opt)
         self.expl_ac = ActorCritic(feat_dim, action_dim, reward_norm=reward_norm, actor_ent=actor_ent, **ac_common)
@@ -199,7 +202,8 @@ class ChoreoAgent(nn.Module):
         elif mode == "imagine":
             latent, _ = self.observe(time_step, None)
             start = {key: value.expand(self.skill_dim, *value.shape[1:]) for key, value in latent.items()}
-            reached = self.skill_ac.imagine(self.wm.rssm, start, self.update_skill_every_step, cond=skills)["deter"][-1]
+            states, _ = self.skill_ac.imagine(self.wm.rssm, start, self.update_skill_every_step, cond=skills)
+            reached = states["deter"][-1]
             index = int((reached - goal).norm(dim=-1).argmin())
         else:
             raise ValueError(f"unknown goal_skill '{mode}'; valid: nearest, imagine, none")
@@ -283,7 +287,7 @@ class ChoreoAgent(nn.Module):
     def update_exploration(self, start: State) -> dict[str, torch.Tensor]:
         with self.autocast():
             return self.expl_ac.update(self.wm.rssm, start, self.imag_horizon,
-                                       lambda _states, imagined_feat: self.lbs(imagined_feat))
+                                       lambda _states, feat: over_rows(self.lbs, feat, self.low_memory))
 
     def update_skill_module(self, start: State) -> dict[str, torch.Tensor]:
         with self.autocast():

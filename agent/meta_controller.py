@@ -16,7 +16,8 @@ from models.normalise import StreamNorm
 from models.optim import Optimizer, trainable
 from agent.actor_critic import train_critic
 from models.returns import lambda_return, make_target
-from models.rssm import RSSM, State, _stack
+from models.recompute import over_rows
+from models.rssm import RSSM, State, imagine
 
 SELECTOR_ENTROPY = 1e-4
 
@@ -25,7 +26,7 @@ class MetaController(nn.Module):
     def __init__(self, feat_dim: int, skill_dim: int, executor: ActorHead, actor: dict, critic: dict,
                  actor_opt: dict, critic_opt: dict, discount: float = 0.99, discount_lambda: float = 0.95,
                  slow_target: bool = True, slow_target_update: int = 100, slow_target_fraction: float = 1.0,
-                 train_executor: bool = True, fast: bool = False):
+                 train_executor: bool = True, fast: bool = False, low_memory: bool = False):
         super().__init__()
         self.selector = OneHotHead(feat_dim, skill_dim, actor["layers"], actor["units"], actor["norm"])
         self.critic = MSEHead(feat_dim, 1, critic["layers"], critic["units"], critic["norm"])
@@ -44,6 +45,8 @@ class MetaController(nn.Module):
         # Fast mode reuses the selector and executor outputs of the imagination loop (same detached
         # inputs) instead of running both networks over the rollout a second time.
         self.fast = fast
+        # Recompute imagination steps and head activations in the backward pass (models/recompute.py).
+        self.low_memory = low_memory
         self.updates = 0
 
     @property
@@ -54,42 +57,41 @@ class MetaController(nn.Module):
         return {"selector_actor": self.selector_opt, "executor_actor": self.executor_opt,
                 "selector_critic": self.critic_opt}
 
-    def imagine(self, rssm: RSSM, start: State, horizon: int, outputs: dict | None = None
-                ) -> tuple[State, torch.Tensor]:
+    def imagine(self, rssm: RSSM, start: State, horizon: int, with_outputs: bool = False
+                ) -> tuple[State, torch.Tensor, dict[str, torch.Tensor]]:
         """States (H+1, N, ...) and skills (H+1, N, K); the selector re-chooses at every step. With
-        ``outputs`` given, the selector's distributions and the executor's entropies per step are
-        appended to its lists ``selector`` and ``executor_entropy``."""
-        states, skills = [start], [torch.zeros(*start["deter"].shape[:-1], self.skill_dim,
-                                                device=start["deter"].device)]
-        state = start
-        for _ in range(horizon):
-            feat = rssm.feat(state).detach()
+        ``with_outputs`` also the selector's logits (H, N, K) and the executor's entropy (H, N) of
+        each step, under the keys ``selector_logits`` and ``executor_entropy``."""
+        def policy(feat: torch.Tensor, _t: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            feat = feat.detach()
             selector = self.selector(feat)
             skill = selector.sample()
             executor = self.executor(torch.cat([feat, skill.detach()], -1))
-            if outputs is not None:
-                outputs["selector"].append(selector)
-                outputs["executor_entropy"].append(executor.entropy().detach())
-            state = rssm.img_step(state, executor.sample())
-            states.append(state)
-            skills.append(skill)
-        return _stack(states, 0), torch.stack(skills, 0)
+            extra = {"skill": skill}
+            if with_outputs:
+                extra.update(selector_logits=selector.logits, executor_entropy=executor.entropy().detach())
+            return executor.sample(), extra
+
+        states, _, outputs = imagine(rssm, policy, start, horizon, recompute_steps=self.low_memory)
+        skills = torch.cat([torch.zeros_like(outputs["skill"][:1]), outputs.pop("skill")], 0)
+        return states, skills, outputs
 
     def update(self, rssm: RSSM, start: State, horizon: int, reward_head: nn.Module) -> dict[str, torch.Tensor]:
         executor_scope = (self.executor,) if self.train_executor else ()
         with trainable(self.selector, *executor_scope):
-            outputs = {"selector": [], "executor_entropy": []} if self.fast else None
-            states, skills = self.imagine(rssm, start, horizon, outputs)
+            states, skills, outputs = self.imagine(rssm, start, horizon, with_outputs=self.fast)
             feat = rssm.feat(states)
-            reward, metrics = self.reward_norm(reward_head(feat).mean.squeeze(-1))
-            value = self.target_critic(feat).mean.squeeze(-1)
+            reward = over_rows(lambda x: reward_head(x).mean, feat, self.low_memory).squeeze(-1)
+            reward, metrics = self.reward_norm(reward)
+            value = over_rows(lambda x: self.target_critic(x).mean, feat, self.low_memory).squeeze(-1)
             discount = torch.full_like(reward, self.discount)
             target = lambda_return(reward, value, discount, self.lambda_)
             weight = torch.cumprod(torch.cat([torch.ones_like(discount[:1]), discount[:-1]], 0), 0).detach()
             if self.fast:
-                selector = OneHotCategorical(torch.stack([d.logits for d in outputs["selector"][:-1]], 0))
+                selector = OneHotCategorical(outputs["selector_logits"][:-1])
             else:
-                selector = self.selector(feat[:-2].detach())
+                selector = OneHotCategorical(over_rows(lambda x: self.selector(x).logits, feat[:-2].detach(),
+                                                       self.low_memory))
             advantage = (target[1:] - value[:-2]).detach()
             entropy = selector.entropy()
             high_loss = -(weight[:-2] * (selector.log_prob(skills[1:-1].detach()) * advantage
@@ -100,7 +102,7 @@ class MetaController(nn.Module):
                 metrics.update(self.executor_opt(low_loss))
         dist = train_critic(self, feat, target, weight, metrics)
         if self.fast:
-            low_entropy = torch.stack(outputs["executor_entropy"][:-1], 0)
+            low_entropy = outputs["executor_entropy"][:-1]
         else:
             with torch.no_grad():
                 low_entropy = self.executor(torch.cat([feat[:-2], skills[1:-1]], -1).detach()).entropy()

@@ -38,10 +38,11 @@ from utils.runner import build_agent  # noqa: E402
 PARTS = ("wm_update_s", "lbs_s", "expl_ac_s", "skill_module_s", "skill_ac_s")
 
 
-def compose(obs: str, preset: str, batch: tuple[int, int] | None, precision: int, device: str, mode: str = "fast"):
+def compose(obs: str, preset: str, batch: tuple[int, int] | None, precision: int, device: str, mode: str = "fast",
+            low_memory: bool = False):
     from hydra import compose as hydra_compose, initialize_config_dir
     overrides = [f"configs=dmc_{obs}", f"preset={preset}", f"precision={precision}", f"device={device}",
-                 f"mode={mode}"]
+                 f"mode={mode}", f"low_memory={low_memory}"]
     if batch:
         overrides += [f"batch_size={batch[0]}", f"batch_length={batch[1]}"]
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
@@ -86,7 +87,7 @@ def count_update_flops(cfg, obs_shape, action_dim, batch, device) -> int:
     """FLOPs of one full update of the eager (plain) agent."""
     from torch.utils.flop_counter import FlopCounterMode
     cfg = cfg.copy()
-    cfg.mode = "eager"
+    cfg.mode, cfg.low_memory = "eager", False
     agent = build_agent(cfg, obs_shape, action_dim, device)
     counter = FlopCounterMode(display=False)
     with counter:
@@ -116,6 +117,8 @@ def compare(args: argparse.Namespace) -> None:
     runs = [("eager fp32", ["--mode", "eager", "--precision", "32"]), ("fast fp32", ["--mode", "fast", "--precision", "32", "--no-flops"])]
     if args.precision == 16:
         runs.append(("fast bf16", ["--mode", "fast", "--precision", "16", "--no-flops"]))
+    if args.low_memory:
+        runs.append(("fast low-mem", ["--mode", "fast", "--precision", "32", "--no-flops", "--low-memory"]))
     results = {}
     for label, extra in runs:
         output = subprocess.run(base + extra, check=True, capture_output=True, text=True).stdout
@@ -151,6 +154,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--env-steps", type=int, default=200)
+    parser.add_argument("--low-memory", action="store_true",
+                        help="low_memory=true (recompute activations); with --compare: one more column")
     parser.add_argument("--json", action="store_true", help="print one JSON line only")
     parser.add_argument("--compare", action="store_true",
                         help="run --mode eager, then fast --precision 32, then fast at --precision, each in its "
@@ -163,10 +168,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    probe = compose(args.obs, args.preset, None, args.precision, args.device, args.mode)
+    probe = compose(args.obs, args.preset, None, args.precision, args.device, args.mode, args.low_memory)
     batch_shape = tuple(int(x) for x in args.batch.split("x")) if args.batch else (probe.batch_size,
                                                                                    probe.batch_length)
-    cfg = compose(args.obs, args.preset, batch_shape, args.precision, args.device, args.mode)
+    cfg = compose(args.obs, args.preset, batch_shape, args.precision, args.device, args.mode, args.low_memory)
     torch.manual_seed(0)
     env = envs.make("walker_stand", args.obs, cfg.action_repeat, seed=1)
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from models.distributions import OneHotCategorical, entropy_categorical, kl_categorical
 from models.mlp import norm_layer
+from models.recompute import recompute
 
 State = dict[str, torch.Tensor]
 
@@ -134,21 +135,37 @@ def flatten_state(state: State) -> State:
     return {key: value.reshape(-1, *value.shape[2:]) for key, value in state.items()}
 
 
-def imagine(rssm: RSSM, policy: Callable[[torch.Tensor, int], torch.Tensor], start: State, horizon: int
-            ) -> tuple[State, torch.Tensor]:
-    """Roll the prior forward ``horizon`` steps from ``start`` (N, ...) under ``policy(feat, t)``.
+Policy = Callable[[torch.Tensor, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
-    Returns states stacked time-major (H+1, N, ...) with index 0 the start state, and the actions
-    (H+1, N, A) with a zero action at index 0 (spec 5.5).
+
+def imagine(rssm: RSSM, policy: Policy, start: State, horizon: int, recompute_steps: bool = False
+            ) -> tuple[State, torch.Tensor, dict[str, torch.Tensor]]:
+    """Roll the prior forward ``horizon`` steps from ``start`` (N, ...) under ``policy(feat, t)``,
+    which returns the action and a dict of its own per-step outputs (an entropy, a chosen skill).
+
+    Returns states stacked time-major (H+1, N, ...) with index 0 the start state, the actions
+    (H+1, N, A) with a zero action at index 0 (spec 5.5), and the policy outputs stacked to
+    (H, N, ...). With ``recompute_steps`` each step keeps only its input state for the backward
+    pass (models/recompute.py); the states then carry ``stoch`` and ``deter`` but no ``logit``.
     """
-    states = [start]
-    feat = rssm.feat(start)
-    actions = []
+    state = {key: start[key] for key in (("stoch", "deter") if recompute_steps else start)}
+    states, actions, outputs = [state], [], []
     for t in range(horizon):
-        action = policy(feat, t)
-        state = rssm.img_step(states[-1], action)
+        if recompute_steps:
+            stoch, deter, action, extra = recompute(_policy_step, rssm, policy, t, state["stoch"], state["deter"])
+            state = {"stoch": stoch, "deter": deter}
+        else:
+            action, extra = policy(rssm.feat(state), t)
+            state = rssm.img_step(state, action)
         states.append(state)
         actions.append(action)
-        feat = rssm.feat(state)
+        outputs.append(extra)
     actions.insert(0, torch.zeros_like(actions[0]))
-    return _stack(states, 0), torch.stack(actions, 0)
+    stacked = {key: torch.stack([extra[key] for extra in outputs], 0) for key in outputs[0]}
+    return _stack(states, 0), torch.stack(actions, 0), stacked
+
+
+def _policy_step(rssm: RSSM, policy: Policy, t: int, stoch: torch.Tensor, deter: torch.Tensor):
+    action, extra = policy(rssm.feat({"stoch": stoch, "deter": deter}), t)
+    state = rssm.img_step({"stoch": stoch, "deter": deter}, action)
+    return state["stoch"], state["deter"], action, extra

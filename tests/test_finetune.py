@@ -178,7 +178,8 @@ def test_finetune_script_runs_and_saves_finetuned_snapshot(tiny_config, tmp_path
 
 
 @pytest.mark.parametrize("task, extra", [("jaco_reach_top_left", []),
-                                         ("mw_reach", ["task_id=3", "agent.update_skill_every_step=50"])])
+                                         ("mw_reach", ["task_id=3", "agent.update_skill_every_step=50"]),
+                                         ("jaco_reach_top_left", ["goal_skill=imagine"])])
 def test_zero_shot_goal_evaluation_logs_success_rates(tiny_config, tmp_path, task, extra):
     domain = task.split("_")[0]
     env_obs = {"jaco": 55, "mw": 39}[domain]

@@ -33,6 +33,24 @@ def has_fast_bf16(device: torch.device) -> bool:
     return any(bool(probe()) for probe in probes if probe is not None)
 
 
+def _mallopt():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+
+
+def return_freed_host_memory() -> bool:
+    """Map every tensor above 1 MiB on its own and unmap it when freed, so the process holds what
+    its live tensors need and no more (low_memory=True). glibc otherwise raises its threshold as
+    large blocks are freed and keeps later ones in its heap, which held about 0.4 GB of freed
+    memory between updates. Returns False where there is no glibc (the call is skipped)."""
+    mallopt = _mallopt()
+    m_mmap_threshold = -3
+    return mallopt is not None and bool(mallopt(m_mmap_threshold, 2**20))
+
+
 def keep_freed_host_memory() -> bool:
     """Serve large tensors from glibc's heap and keep freed memory there, instead of mapping fresh
     pages for every large tensor and unmapping them when it is freed. An update allocates and
@@ -41,11 +59,8 @@ def keep_freed_host_memory() -> bool:
     slower (bench/RESULTS.md). The price is memory: freed memory stays with the process for the
     next update, and the peak RSS of a states update grows from about 3.3 to 4.2 GB. Returns False
     where there is no glibc (the call is skipped)."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _mallopt()
+    if mallopt is None:
         return False
     m_trim_threshold, m_mmap_max = -1, -4
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))

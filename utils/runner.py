@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 import envs
 from agent.choreo import ChoreoAgent
 from agent.report import log_openloop_video
-from utils.device import has_fast_bf16, keep_freed_host_memory, resolve_device
+from utils.device import has_fast_bf16, keep_freed_host_memory, resolve_device, return_freed_host_memory
 from utils.errors import TrainingDiverged, UserError
 from utils.logger import Logger
 from utils.progress import Progress
@@ -37,7 +37,9 @@ def build_agent(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int, de
     if cfg.precision == 16 and not has_fast_bf16(torch.device(device)):
         print(f"warning: precision=16 on {device}: this device has no fast bf16 matrix unit (AMX, AVX512-BF16 "
               "or a bf16 GPU), so bf16 runs slower than precision=32 here", flush=True)
-    if cfg.get("mode", "fast") == "fast" and torch.device(device).type == "cpu":
+    if torch.device(device).type == "cpu" and cfg.get("low_memory"):
+        return_freed_host_memory()
+    elif torch.device(device).type == "cpu" and cfg.get("mode", "fast") == "fast":
         keep_freed_host_memory()
     agent_cfg = plain(cfg.agent)
     world_model = dict(encoder=plain(cfg.encoder), decoder=plain(cfg.decoder), rssm=plain(cfg.rssm),
@@ -46,7 +48,7 @@ def build_agent(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int, de
     behaviour = dict(discount=cfg.discount, discount_lambda=cfg.discount_lambda, slow_target=cfg.slow_target,
                      slow_target_update=cfg.slow_target_update, slow_target_fraction=cfg.slow_target_fraction)
     return ChoreoAgent(obs_shape, action_dim, device=device, seed=cfg.seed, precision=cfg.precision,
-                       mode=cfg.get("mode", "fast"),
+                       mode=cfg.get("mode", "fast"), low_memory=bool(cfg.get("low_memory", False)),
                        world_model=world_model, behaviour=behaviour, actor=plain(cfg.actor), critic=plain(cfg.critic),
                        actor_opt=plain(cfg.actor_opt), critic_opt=plain(cfg.critic_opt),
                        reward_head=plain(cfg.reward_head), model_opt=plain(cfg.model_opt),
