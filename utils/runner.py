@@ -93,6 +93,8 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"precision={cfg.precision!r} is not supported; valid: 32, 16")
     if cfg.get("mode", "fast") not in ("fast", "eager"):
         raise UserError(f"mode={cfg.mode!r} is not supported; valid: fast, eager")
+    if cfg.get("low_memory", False) not in (True, False):
+        raise UserError(f"low_memory={cfg.low_memory!r} is not supported; valid: true, false")
     if cfg.batch_length < 2:
         raise UserError(f"batch_length={cfg.batch_length} must be at least 2")
 
