@@ -24,18 +24,22 @@ RewardFn = Callable[[State, torch.Tensor], torch.Tensor]
 
 def train_critic(owner: nn.Module, inputs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
                  metrics: dict) -> UnitNormal:
-    """Critic step (spec 5.7) on detached inputs (H+1, N, D) towards lambda-returns (H, N), then the
-    slow-target refresh; ``owner`` holds critic, target_critic, critic_opt, the update counter and
-    the low_memory flag."""
+    """Critic step (spec 5.7) on detached inputs (H+1, N, D) towards lambda-returns (H, N);
+    ``owner`` holds critic, critic_opt and the low_memory flag."""
     with trainable(owner.critic):
         dist = UnitNormal(over_rows(lambda x: owner.critic(x).mean, inputs[:-1].detach(), owner.low_memory))
         critic_loss = -(dist.log_prob(target.detach().unsqueeze(-1)) * weight[:-1]).mean()
         metrics.update(owner.critic_opt(critic_loss))
+    return dist
+
+
+def refresh_target(owner: nn.Module) -> None:
+    """After a critic step: the slow-target refresh and the update count. Kept out of the tensor
+    step because it depends on the count (a CUDA graph replays one fixed sequence of kernels)."""
     if owner.slow_target:
         update_target(owner.target_critic, owner.critic, owner.updates, owner.slow_target_update,
                       owner.slow_target_fraction)
     owner.updates += 1
-    return dist
 
 
 class ActorCritic(nn.Module):
@@ -83,6 +87,13 @@ class ActorCritic(nn.Module):
     def update(self, rssm: RSSM, start: State, horizon: int, reward_fn: RewardFn,
                cond: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One actor and one critic step on a fresh imagined rollout from ``start`` (N, ...)."""
+        metrics = self.update_step(rssm, start, horizon, reward_fn, cond)
+        refresh_target(self)
+        return metrics
+
+    def update_step(self, rssm: RSSM, start: State, horizon: int, reward_fn: RewardFn,
+                    cond: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The tensor work of ``update`` (recordable as a CUDA graph): everything but the target refresh."""
         p = self.prefix
         with trainable(self.actor):
             states, outputs = self.imagine(rssm, start, horizon, cond, with_entropy=self.fast)

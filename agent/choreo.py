@@ -11,12 +11,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from agent.actor_critic import ActorCritic
+from agent.actor_critic import ActorCritic, refresh_target
 from agent.exploration import LBSHead, particle_entropy_reward
 from agent.meta_controller import MetaController
 from agent.skills import SkillModule
 from agent.world_model import WorldModel, preprocess_obs
 from models.conv import ConvDecoder
+from models.distributions import one_hot
+from models.cuda_graph import GraphStages
 from models.normalise import StreamNorm
 from models.optim import Optimizer, trainable
 from models.recompute import over_rows
@@ -33,7 +35,7 @@ class ChoreoAgent(nn.Module):
                  skill_actor_ent: float, code_dim: int, code_resampling: bool, resample_every: int,
                  update_skill_every_step: int, knn_k: int, knn_clip: float, knn_chunk_elements: int,
                  num_init_frames: int = 4000, action_repeat: int = 1, freeze_skills: bool = False,
-                 mode: str = "fast", low_memory: bool = False, **unused: Any):
+                 mode: str = "fast", low_memory: bool = False, cuda_graphs: bool = True, **unused: Any):
         super().__init__()
         if precision not in (16, 32):
             raise ValueError(f"precision={precision} is not supported; valid: 32, 16")
@@ -45,6 +47,11 @@ class ChoreoAgent(nn.Module):
         self.fast = mode == "fast"
         # Recompute activations in the backward pass instead of storing them (models/recompute.py).
         self.low_memory = bool(low_memory)
+        # Each part of the update recorded once as a CUDA graph and replayed (models/cuda_graph.py).
+        # Not with low_memory: recomputation saves and restores the generator state, which a
+        # recording cannot do.
+        self.stages = GraphStages(bool(cuda_graphs) and self.fast and self.device.type == "cuda"
+                                  and not self.low_memory)
         self.action_dim = action_dim
         self.imag_horizon = imag_horizon
         self.imag_starts = imag_starts
@@ -74,6 +81,7 @@ class ChoreoAgent(nn.Module):
         self.apply_speed_mode()
         # Every parameter stays frozen outside its own update (spec 8.3, last line).
         self.requires_grad_(False)
+        self.prepare_graphs()
 
     # ----------------------------------------------------------------- optimisers and precision
     def optimizers(self) -> dict[str, Optimizer]:
@@ -97,6 +105,14 @@ class ChoreoAgent(nn.Module):
         self.to(self.device)
         self.apply_speed_mode()
         self.requires_grad_(False)
+        self.prepare_graphs()
+
+    def prepare_graphs(self) -> None:
+        """Forget recorded stages (their modules or optimiser states were replaced) and set the
+        optimisers' step counters where a recording needs them."""
+        self.stages.reset()
+        for opt in self.optimizers().values():
+            opt.set_capturable(self.stages.enabled)
 
     def apply_speed_mode(self) -> None:
         """Module-level parts of the fast mode. ELUs overwrite their input, which every layer here
@@ -126,10 +142,12 @@ class ChoreoAgent(nn.Module):
                              f"config {expected}); use the sizes it was pre-trained with (e.g. the same preset=)")
         self.load_state_dict(copied, strict=False)
         self.requires_grad_(False)
+        self.prepare_graphs()
 
     def autocast(self):
         if self.precision == 16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+            # A recording may not keep autocast's cache of cast weights across calls.
+            return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=not self.stages.enabled)
         return contextlib.nullcontext()
 
     # ----------------------------------------------------------------------------- skills (meta)
@@ -223,6 +241,10 @@ class ChoreoAgent(nn.Module):
 
     # ---------------------------------------------------------------------------------- training
     def update_world_model(self, batch: dict[str, torch.Tensor]) -> tuple[State, torch.Tensor, dict]:
+        post, kl, metrics = self.stages.run("world_model", self._world_model_step, batch)
+        return post, kl, dict(metrics)
+
+    def _world_model_step(self, batch: dict[str, torch.Tensor]) -> tuple[State, torch.Tensor, dict]:
         with trainable(self.wm):
             with self.autocast():
                 loss, post, kl, metrics = self.wm.loss(batch)
@@ -247,7 +269,7 @@ class ChoreoAgent(nn.Module):
 
     def random_skills(self, count: int) -> torch.Tensor:
         index = torch.randint(self.skill_dim, (count,), device=self.device)
-        return torch.nn.functional.one_hot(index, self.skill_dim).float()
+        return one_hot(index, torch.empty(count, self.skill_dim, device=self.device))
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One training step: pre-training (spec 8.1: world model, LBS head, exploration AC, VQ,
@@ -268,9 +290,13 @@ class ChoreoAgent(nn.Module):
         self.reward_seen |= (batch["reward"] > 1e-4).any()
         if self.reward_seen:
             start = self.imagination_starts(post)
-            with self.autocast():
-                metrics.update(self.meta.update(self.wm.rssm, start, self.imag_horizon, self.wm.reward_head))
+            metrics.update(self.stages.run("meta_controller", self._meta_step, start))
+            refresh_target(self.meta)
         return metrics
+
+    def _meta_step(self, start: State) -> dict[str, torch.Tensor]:
+        with self.autocast():
+            return self.meta.update_step(self.wm.rssm, start, self.imag_horizon, self.wm.reward_head)
 
     def update_offline(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One offline pre-training step (spec 8.2): world model, VQ, skill AC; no exploration."""
@@ -280,23 +306,43 @@ class ChoreoAgent(nn.Module):
         metrics.update(self.update_skill_behaviour(start))
         return metrics
 
+    # Each part is a stage: its tensor work (recorded as a CUDA graph where enabled), then the
+    # host-side work that depends on update counts, run eagerly.
     def update_lbs(self, post: State, kl: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(self.stages.run("lbs", self._lbs_step, post, kl))
+
+    def _lbs_step(self, post: State, kl: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast():
             return self.lbs.update(self.wm.rssm.feat(post).detach(), kl)
 
     def update_exploration(self, start: State) -> dict[str, torch.Tensor]:
+        metrics = dict(self.stages.run("exploration", self._exploration_step, start))
+        refresh_target(self.expl_ac)
+        return metrics
+
+    def _exploration_step(self, start: State) -> dict[str, torch.Tensor]:
         with self.autocast():
-            return self.expl_ac.update(self.wm.rssm, start, self.imag_horizon,
-                                       lambda _states, feat: over_rows(self.lbs, feat, self.low_memory))
+            return self.expl_ac.update_step(self.wm.rssm, start, self.imag_horizon,
+                                            lambda _states, feat: over_rows(self.lbs, feat, self.low_memory))
 
     def update_skill_module(self, start: State) -> dict[str, torch.Tensor]:
+        metrics = self.stages.run("skill_module", self._skill_module_step, start["deter"])
+        return {**metrics, **self.skill_module.after_update(start["deter"])}
+
+    def _skill_module_step(self, deter: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast():
-            return self.skill_module.update(start["deter"])
+            return self.skill_module.update_step(deter)
 
     def update_skill_behaviour(self, start: State) -> dict[str, torch.Tensor]:
+        metrics = dict(self.stages.run("skill_behaviour", self._skill_behaviour_step, start))
+        refresh_target(self.skill_ac)
+        return metrics
+
+    def _skill_behaviour_step(self, start: State) -> dict[str, torch.Tensor]:
         skill = self.random_skills(start["deter"].shape[0])
         with self.autocast():
-            return self.skill_ac.update(self.wm.rssm, start, self.imag_horizon, self.skill_reward(skill), cond=skill)
+            return self.skill_ac.update_step(self.wm.rssm, start, self.imag_horizon, self.skill_reward(skill),
+                                             cond=skill)
 
     # --------------------------------------------------------------------------------- snapshots
     def snapshot_state(self) -> dict:
@@ -310,3 +356,4 @@ class ChoreoAgent(nn.Module):
             opt.load_state_dict(state["optimizers"][name])
         self.rng.bit_generator.state = state["rng"]
         self.requires_grad_(False)
+        self.prepare_graphs()

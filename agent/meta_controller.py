@@ -14,7 +14,7 @@ from models.distributions import OneHotCategorical
 from models.mlp import ActorHead, MSEHead, OneHotHead
 from models.normalise import StreamNorm
 from models.optim import Optimizer, trainable
-from agent.actor_critic import train_critic
+from agent.actor_critic import refresh_target, train_critic
 from models.returns import lambda_return, make_target
 from models.recompute import over_rows
 from models.rssm import RSSM, State, imagine
@@ -77,6 +77,13 @@ class MetaController(nn.Module):
         return states, skills, outputs
 
     def update(self, rssm: RSSM, start: State, horizon: int, reward_head: nn.Module) -> dict[str, torch.Tensor]:
+        metrics = self.update_step(rssm, start, horizon, reward_head)
+        refresh_target(self)
+        return metrics
+
+    def update_step(self, rssm: RSSM, start: State, horizon: int, reward_head: nn.Module
+                    ) -> dict[str, torch.Tensor]:
+        """The tensor work of ``update`` (recordable as a CUDA graph): everything but the target refresh."""
         executor_scope = (self.executor,) if self.train_executor else ()
         with trainable(self.selector, *executor_scope):
             states, skills, outputs = self.imagine(rssm, start, horizon, with_outputs=self.fast)

@@ -6,9 +6,9 @@ Codebook layout: ``codebook`` is (code_dim, skills); column j is code j.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from models.distributions import one_hot
 from models.mlp import MSEHead
 from models.optim import Optimizer, trainable
 
@@ -40,7 +40,7 @@ class SkillModule(nn.Module):
 
     @torch.no_grad()
     def ema_update(self, z_e: torch.Tensor, index: torch.Tensor) -> None:
-        assign = F.one_hot(index, self.skill_dim).to(z_e.dtype)  # (N, K)
+        assign = one_hot(index, z_e.new_empty(*index.shape, self.skill_dim))  # (N, K)
         counts = assign.sum(0)
         self.usage.add_(counts)
         # Codes nobody chose count as chosen once, as in the original (spec 15, O6).
@@ -53,6 +53,10 @@ class SkillModule(nn.Module):
 
     def update(self, deter: torch.Tensor) -> dict[str, torch.Tensor]:
         """One VQ-VAE step on detached deterministic states (N, deter_dim)."""
+        return {**self.update_step(deter), **self.after_update(deter)}
+
+    def update_step(self, deter: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tensor work of ``update`` (recordable as a CUDA graph): no count, no re-seeding."""
         deter = deter.detach()
         with trainable(self.encoder, self.decoder):
             z_e = self.encoder(deter).mean
@@ -65,11 +69,14 @@ class SkillModule(nn.Module):
             loss = rec_loss + self.commitment * commit_loss
             metrics = {"rec_loss": rec_loss.detach(), "commit_loss": commit_loss.detach()}
             metrics.update(self.opt(loss))
+        return metrics
+
+    def after_update(self, deter: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Count the update; every ``resample_every`` updates re-seed unused codes (host-side work)."""
         self.updates += 1
         if self.code_resampling and self.updates % self.resample_every == 0:
-            self.resample_metrics = self.resample_unused(deter)
-        metrics.update(self.resample_metrics)
-        return metrics
+            self.resample_metrics = self.resample_unused(deter.detach())
+        return dict(self.resample_metrics)
 
     @torch.no_grad()
     def resample_unused(self, deter: torch.Tensor) -> dict[str, torch.Tensor]:

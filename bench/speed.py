@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 import envs  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
+from models.cuda_graph import WARMUP_CALLS  # noqa: E402
 from utils.replay import EpisodeReplay  # noqa: E402
 from utils.runner import build_agent  # noqa: E402
 
@@ -39,10 +40,10 @@ PARTS = ("wm_update_s", "lbs_s", "expl_ac_s", "skill_module_s", "skill_ac_s")
 
 
 def compose(obs: str, preset: str, batch: tuple[int, int] | None, precision: int, device: str, mode: str = "fast",
-            low_memory: bool = False):
+            low_memory: bool = False, cuda_graphs: bool = True):
     from hydra import compose as hydra_compose, initialize_config_dir
     overrides = [f"configs=dmc_{obs}", f"preset={preset}", f"precision={precision}", f"device={device}",
-                 f"mode={mode}", f"low_memory={low_memory}"]
+                 f"mode={mode}", f"low_memory={low_memory}", f"cuda_graphs={cuda_graphs}"]
     if batch:
         overrides += [f"batch_size={batch[0]}", f"batch_length={batch[1]}"]
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
@@ -156,6 +157,7 @@ def main() -> None:
     parser.add_argument("--env-steps", type=int, default=200)
     parser.add_argument("--low-memory", action="store_true",
                         help="low_memory=true (recompute activations); with --compare: one more column")
+    parser.add_argument("--no-graphs", action="store_true", help="cuda_graphs=false (CUDA, fast mode)")
     parser.add_argument("--json", action="store_true", help="print one JSON line only")
     parser.add_argument("--compare", action="store_true",
                         help="run --mode eager, then fast --precision 32, then fast at --precision, each in its "
@@ -168,10 +170,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    probe = compose(args.obs, args.preset, None, args.precision, args.device, args.mode, args.low_memory)
+    graphs = not args.no_graphs
+    probe = compose(args.obs, args.preset, None, args.precision, args.device, args.mode, args.low_memory, graphs)
     batch_shape = tuple(int(x) for x in args.batch.split("x")) if args.batch else (probe.batch_size,
                                                                                    probe.batch_length)
-    cfg = compose(args.obs, args.preset, batch_shape, args.precision, args.device, args.mode, args.low_memory)
+    cfg = compose(args.obs, args.preset, batch_shape, args.precision, args.device, args.mode, args.low_memory, graphs)
     torch.manual_seed(0)
     env = envs.make("walker_stand", args.obs, cfg.action_repeat, seed=1)
 
@@ -190,8 +193,11 @@ def main() -> None:
         _, state = agent.act(time_step, meta, i, False, state)
     act_per_s = calls / (time.perf_counter() - start)
 
-    for _ in range(args.warmup):
+    # Recorded stages (CUDA graphs) run eagerly for their first calls and are recorded on the next.
+    warmup = args.warmup + (WARMUP_CALLS + 1 if agent.stages.enabled else 0)
+    for _ in range(warmup):
         time_update(agent, replay.sample(), device)
+    recorded = agent.stages.recorded()
     runs = [time_update(agent, replay.sample(), device) for _ in range(args.repeats)]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
@@ -202,7 +208,7 @@ def main() -> None:
     flops = 0 if args.no_flops else count_update_flops(cfg, env.obs_shape, env.action_dim, replay.sample(), device)
 
     result = {key: statistics.median(run[key] for run in runs) for key in ("update_s",) + PARTS}
-    result.update(env_steps_per_s=env_steps_per_s, act_per_s=act_per_s, peak_mem_mb=peak_mb,
+    result.update(env_steps_per_s=env_steps_per_s, act_per_s=act_per_s, peak_mem_mb=peak_mb, graphs=recorded,
                   flops_per_update=flops, matmul_peak_gflops=peak_gflops,
                   utilisation=flops / result["update_s"] / (peak_gflops * 1e9))
     spread = {key: (min(r[key] for r in runs), max(r[key] for r in runs)) for key in ("update_s",) + PARTS}
@@ -221,6 +227,9 @@ def main() -> None:
     print(f"  flops_per_update {flops / 1e9:8.1f} G (eager update)")
     print(f"  matmul_peak      {peak_gflops:8.1f} GFLOP/s (2048x2048, precision {args.precision})")
     print(f"  utilisation      {result['utilisation']:8.3f}")
+    if recorded:
+        states = ", ".join(f"{name}: {'replayed' if replayed else 'eager'}" for name, replayed in recorded.items())
+        print(f"  CUDA graphs      {states}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -78,14 +77,12 @@ class OneHotCategorical:
         # Inverse-CDF draw: far cheaper than torch.multinomial for many small categoricals.
         uniform = torch.rand(probs.shape[:-1] + (1,), device=probs.device, dtype=probs.dtype)
         index = (probs.detach().cumsum(-1) < uniform).sum(-1).clamp(max=probs.shape[-1] - 1)
-        one_hot = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
-        return one_hot + probs - probs.detach()
+        return one_hot(index, probs) + probs - probs.detach()
 
     def mode(self) -> torch.Tensor:
         # The straight-through term uses the logits, not the probabilities (spec 15, O2).
         index = self.logits.argmax(-1)
-        one_hot = F.one_hot(index, self.logits.shape[-1]).to(self.logits.dtype)
-        return one_hot + self.logits - self.logits.detach()
+        return one_hot(index, self.logits) + self.logits - self.logits.detach()
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         index = value.argmax(-1, keepdim=True)
@@ -94,6 +91,13 @@ class OneHotCategorical:
     def entropy(self) -> torch.Tensor:
         log_probs = self.logits.log_softmax(-1)
         return -(log_probs.exp() * log_probs).sum(-1)
+
+
+def one_hot(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """One-hot rows (..., K) shaped and typed like ``like`` for ``index`` (...,). A scatter rather
+    than ``F.one_hot``, whose range check reads the indices on the host on a CPU, so the check that
+    recorded stages never do (tests/test_graph_stages.py) can run there."""
+    return torch.zeros_like(like).scatter_(-1, index.unsqueeze(-1), 1.0)
 
 
 def kl_categorical(lhs_logits: torch.Tensor, rhs_logits: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ class Optimizer:
         if opt not in builders:
             raise ValueError(f"unknown optimiser '{opt}' for '{name}'; valid: {', '.join(builders)}")
         self.opt = builders[opt]()
+        self.capturable = False
 
     def __call__(self, loss: torch.Tensor, retain_graph: bool = False) -> dict[str, torch.Tensor]:
         self.opt.zero_grad(set_to_none=True)
@@ -46,6 +47,20 @@ class Optimizer:
 
     def load_state_dict(self, state: dict) -> None:
         self.opt.load_state_dict(state)
+        # The saved groups carry the saving run's setting; this run's device decides.
+        self.set_capturable(self.capturable)
+
+    def set_capturable(self, capturable: bool) -> None:
+        """Keep the step counters on the parameters' device so the step can be recorded in a CUDA
+        graph (models/cuda_graph.py); off, they live on the host as torch's default has them."""
+        self.capturable = capturable
+        for group in self.opt.param_groups:
+            if "capturable" in group:
+                group["capturable"] = capturable
+        for param, state in self.opt.state.items():
+            if "step" in state and isinstance(state["step"], torch.Tensor):
+                device = param.device if capturable else torch.device("cpu")
+                state["step"] = state["step"].to(device=device, dtype=torch.float32)
 
 
 def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:

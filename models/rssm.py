@@ -116,8 +116,8 @@ class RSSM(nn.Module):
         mix = balance if forward else 1 - balance
         kl_lhs = kl_categorical(lhs["logit"], rhs["logit"].detach())
         kl_rhs = kl_categorical(lhs["logit"].detach(), rhs["logit"])
-        free_t = torch.tensor(free, device=kl_lhs.device, dtype=kl_lhs.dtype)
-        loss = mix * torch.maximum(kl_lhs.mean(), free_t) + (1 - mix) * torch.maximum(kl_rhs.mean(), free_t)
+        # A clamp, not a maximum with a new tensor: no host-to-device copy inside a CUDA graph.
+        loss = mix * kl_lhs.mean().clamp(min=free) + (1 - mix) * kl_rhs.mean().clamp(min=free)
         per_step = kl_lhs if not forward else kl_categorical(post["logit"], prior["logit"].detach())
         return loss, per_step
 
