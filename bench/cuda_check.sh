@@ -27,10 +27,6 @@ step speed_states_eager $speed --obs states --mode eager --repeats 5
 step speed_states_fast32 $speed --obs states --mode fast --repeats 5 --no-flops
 step speed_states_fast16 $speed --obs states --mode fast --precision 16 --repeats 5 --no-flops
 step speed_states_fast16_nographs $speed --obs states --mode fast --precision 16 --repeats 5 --no-flops --no-graphs
-if [ -z "$QUICK" ]; then
-  step speed_pixels_eager $speed --obs pixels --mode eager --repeats 3 --env-steps 60
-  step speed_pixels_fast16 $speed --obs pixels --mode fast --precision 16 --repeats 3 --env-steps 60 --no-flops
-fi
 W=$(mktemp -d)
 cd "$W"
 common="agent=choreo device=cuda precision=16 progress=false"
@@ -38,6 +34,10 @@ step pretrain_states $PY "$REPO/pretrain.py" configs=dmc_states $common domain=w
 step finetune_states $PY "$REPO/finetune.py" configs=dmc_states $common task=walker_stand snapshot_ts=1000 num_train_frames=1000 num_seed_frames=300 agent.num_init_frames=300 eval_every_frames=1000 num_eval_episodes=1 hydra.run.dir="$W/ft_states"
 step offline_states $PY "$REPO/offline_train.py" configs=dmc_states agent=choreo device=cuda precision=16 domain=walker dataset_dir="$W/pt_states/buffer" num_train_updates=50 snapshots=[50] eval_every_updates=50 hydra.run.dir="$W/off_states"
 if [ -z "$QUICK" ]; then
+  cd "$REPO"
+  step speed_pixels_eager $speed --obs pixels --mode eager --repeats 3 --env-steps 60
+  step speed_pixels_fast16 $speed --obs pixels --mode fast --precision 16 --repeats 3 --env-steps 60 --no-flops
+  cd "$W"
   step pretrain_pixels $PY "$REPO/pretrain.py" configs=dmc_pixels $common domain=walker num_train_frames=600 num_seed_frames=200 snapshots=[600] hydra.run.dir="$W/pt_pixels"
   step finetune_pixels $PY "$REPO/finetune.py" configs=dmc_pixels $common task=walker_stand snapshot_ts=600 num_train_frames=600 num_seed_frames=200 agent.num_init_frames=200 eval_every_frames=600 num_eval_episodes=1 hydra.run.dir="$W/ft_pixels"
 fi
