@@ -66,6 +66,8 @@ class ActorCritic(nn.Module):
         self.fast = fast
         # Recompute imagination steps and head activations in the backward pass (models/recompute.py).
         self.low_memory = low_memory
+        # compile=true: imagination_step compiled (models/compiled.py); set by the agent.
+        self.compiled_step: Callable | None = None
         self.updates = 0
 
     def policy_input(self, feat: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
@@ -77,12 +79,22 @@ class ActorCritic(nn.Module):
                 with_entropy: bool = False) -> tuple[State, dict[str, torch.Tensor]]:
         """Imagined states (H+1, N, ...) under this actor, ``cond`` (N, C) held fixed, and with
         ``with_entropy`` the policy entropy of each step (H, N) under the key ``entropy``."""
-        def policy(feat: torch.Tensor, _t: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            dist = self.actor(self.policy_input(feat.detach(), cond))
-            return dist.sample(), ({"entropy": dist.entropy()} if with_entropy else {})
-
-        states, _, outputs = imagine(rssm, policy, start, horizon, recompute_steps=self.low_memory)
+        step = None
+        if self.compiled_step is not None:
+            step = lambda state: self.compiled_step(rssm, state, cond, with_entropy)  # noqa: E731
+        states, _, outputs = imagine(rssm, lambda feat, _t: self.imagined_action(feat, cond, with_entropy), start,
+                                     horizon, recompute_steps=self.low_memory, step=step)
         return states, outputs
+
+    def imagined_action(self, feat: torch.Tensor, cond: torch.Tensor | None, with_entropy: bool
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        dist = self.actor(self.policy_input(feat.detach(), cond))
+        return dist.sample(), ({"entropy": dist.entropy()} if with_entropy else {})
+
+    def imagination_step(self, rssm: RSSM, state: State, cond: torch.Tensor | None, with_entropy: bool):
+        """Policy and prior step together: the unit ``compile=true`` compiles."""
+        action, extra = self.imagined_action(rssm.feat(state), cond, with_entropy)
+        return rssm.img_step(state, action), action, extra
 
     def update(self, rssm: RSSM, start: State, horizon: int, reward_fn: RewardFn,
                cond: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -16,13 +16,14 @@ from agent.exploration import LBSHead, particle_entropy_reward
 from agent.meta_controller import MetaController
 from agent.skills import SkillModule
 from agent.world_model import WorldModel, preprocess_obs
+from models.compiled import compiled
 from models.conv import ConvDecoder
 from models.distributions import one_hot
 from models.cuda_graph import GraphStages
 from models.normalise import StreamNorm
 from models.optim import Optimizer, trainable
 from models.recompute import over_rows
-from models.rssm import State, flatten_state
+from models.rssm import RSSM, State, flatten_state
 
 LatentState = tuple[State, torch.Tensor]
 
@@ -35,7 +36,8 @@ class ChoreoAgent(nn.Module):
                  skill_actor_ent: float, code_dim: int, code_resampling: bool, resample_every: int,
                  update_skill_every_step: int, knn_k: int, knn_clip: float, knn_chunk_elements: int,
                  num_init_frames: int = 4000, action_repeat: int = 1, freeze_skills: bool = False,
-                 mode: str = "fast", low_memory: bool = False, cuda_graphs: bool = True, **unused: Any):
+                 mode: str = "fast", low_memory: bool = False, cuda_graphs: bool = True, compile: bool = False,
+                 **unused: Any):
         super().__init__()
         if precision not in (16, 32):
             raise ValueError(f"precision={precision} is not supported; valid: 32, 16")
@@ -47,6 +49,8 @@ class ChoreoAgent(nn.Module):
         self.fast = mode == "fast"
         # Recompute activations in the backward pass instead of storing them (models/recompute.py).
         self.low_memory = bool(low_memory)
+        # torch.compile of the sequential steps (models/compiled.py); not with recomputation.
+        self.compile = bool(compile) and self.fast and not self.low_memory
         # Each part of the update recorded once as a CUDA graph and replayed (models/cuda_graph.py).
         # Not with low_memory: recomputation saves and restores the generator state, which a
         # recording cannot do.
@@ -118,12 +122,19 @@ class ChoreoAgent(nn.Module):
         """Module-level parts of the fast mode. ELUs overwrite their input, which every layer here
         (linear, convolution, layer norm) leaves unused in its backward pass, so autograd keeps one
         tensor per layer instead of two and no output buffer is allocated; the pixel decoder's first
-        layer runs as a matrix product."""
+        layer runs as a matrix product; the RSSM's prior head runs once after the posterior loop."""
         for module in self.modules():
             if isinstance(module, nn.ELU):
                 module.inplace = self.fast
             if isinstance(module, ConvDecoder):
                 module.first_as_matmul = self.fast
+            if isinstance(module, RSSM):
+                module.batched_prior = self.fast
+                module.compiled_obs_step = compiled(module.obs_step, "obs_step") if self.compile else None
+            if isinstance(module, ActorCritic):
+                module.compiled_step = compiled(module.imagination_step, "imagination step") if self.compile else None
+            if isinstance(module, MetaController):
+                module.compiled_step = compiled(module.executor_step, "executor step") if self.compile else None
 
     def init_from(self, pretrained: dict[str, torch.Tensor]) -> None:
         """Copy the pre-trained world model (RSSM, encoder, decoder), skill module (VQ encoder,
@@ -171,7 +182,7 @@ class ChoreoAgent(nn.Module):
             latent, prev_action = state
         is_first = torch.tensor([float(time_step["is_first"])], device=self.device)
         embed = self.wm.encoder(preprocess_obs(obs))
-        latent, _ = self.wm.rssm.obs_step(latent, prev_action, embed, is_first, sample)
+        latent, _ = self.wm.rssm.obs_step(latent, prev_action, embed, is_first, sample, with_prior=False)
         return latent, self.wm.rssm.feat(latent)
 
     @torch.no_grad()

@@ -47,6 +47,8 @@ class MetaController(nn.Module):
         self.fast = fast
         # Recompute imagination steps and head activations in the backward pass (models/recompute.py).
         self.low_memory = low_memory
+        # compile=true: imagination_step compiled (models/compiled.py); set by the agent.
+        self.compiled_step = None
         self.updates = 0
 
     @property
@@ -62,19 +64,42 @@ class MetaController(nn.Module):
         """States (H+1, N, ...) and skills (H+1, N, K); the selector re-chooses at every step. With
         ``with_outputs`` also the selector's logits (H, N, K) and the executor's entropy (H, N) of
         each step, under the keys ``selector_logits`` and ``executor_entropy``."""
-        def policy(feat: torch.Tensor, _t: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            feat = feat.detach()
-            selector = self.selector(feat)
-            skill = selector.sample()
-            executor = self.executor(torch.cat([feat, skill.detach()], -1))
-            extra = {"skill": skill}
-            if with_outputs:
-                extra.update(selector_logits=selector.logits, executor_entropy=executor.entropy().detach())
-            return executor.sample(), extra
-
-        states, _, outputs = imagine(rssm, policy, start, horizon, recompute_steps=self.low_memory)
+        step = None
+        if self.compiled_step is not None:
+            step = lambda state: self.imagination_step(rssm, state, with_outputs)  # noqa: E731
+        states, _, outputs = imagine(rssm, lambda feat, _t: self.imagined_action(feat, with_outputs), start, horizon,
+                                     recompute_steps=self.low_memory, step=step)
         skills = torch.cat([torch.zeros_like(outputs["skill"][:1]), outputs.pop("skill")], 0)
         return states, skills, outputs
+
+    def imagined_action(self, feat: torch.Tensor, with_outputs: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        feat = feat.detach()
+        selector = self.selector(feat)
+        skill = selector.sample()
+        executor = self.executor(torch.cat([feat, skill.detach()], -1))
+        extra = {"skill": skill}
+        if with_outputs:
+            extra.update(selector_logits=selector.logits, executor_entropy=executor.entropy().detach())
+        return executor.sample(), extra
+
+    def imagination_step(self, rssm: RSSM, state: State, with_outputs: bool):
+        """``imagined_action`` and the prior step with the executor's part compiled. The selector
+        stays outside: its optimiser steps before the executor's backward pass, which a compiled
+        step holding both would see as a modified input."""
+        feat = rssm.feat(state).detach()
+        selector = self.selector(feat)
+        skill = selector.sample()
+        next_state, action, executor_entropy = self.compiled_step(rssm, state, feat, skill.detach())
+        extra = {"skill": skill}
+        if with_outputs:
+            extra.update(selector_logits=selector.logits, executor_entropy=executor_entropy.detach())
+        return next_state, action, extra
+
+    def executor_step(self, rssm: RSSM, state: State, feat: torch.Tensor, skill: torch.Tensor):
+        """The executor's action for a chosen skill and the prior step: the unit ``compile=true`` compiles."""
+        executor = self.executor(torch.cat([feat, skill], -1))
+        action = executor.sample()
+        return rssm.img_step(state, action), action, executor.entropy()
 
     def update(self, rssm: RSSM, start: State, horizon: int, reward_head: nn.Module) -> dict[str, torch.Tensor]:
         metrics = self.update_step(rssm, start, horizon, reward_head)

@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=5)
     parser.add_argument("--finetune", action="store_true", help="compare fine-tuning updates")
     parser.add_argument("--device", default="cuda", help="cpu only smoke-tests this script (no graphs there)")
+    parser.add_argument("--compile", action="store_true",
+                        help="the graphed agent also compile=true (the reference stays uncompiled)")
     args = parser.parse_args()
     device = torch.device(args.device)
     batch_shape = tuple(int(x) for x in args.batch.split("x"))
@@ -44,7 +46,8 @@ def main() -> None:
 
     losses = {}
     for graphs in (False, True):
-        cfg = compose(args.obs, args.preset, batch_shape, args.precision, args.device, "fast", False, graphs)
+        cfg = compose(args.obs, args.preset, batch_shape, args.precision, args.device, "fast", False, graphs,
+                      args.compile and graphs)
         torch.manual_seed(0)
         agent = build_agent(cfg, env.obs_shape, env.action_dim, device)
         if args.finetune:

@@ -40,10 +40,10 @@ PARTS = ("wm_update_s", "lbs_s", "expl_ac_s", "skill_module_s", "skill_ac_s")
 
 
 def compose(obs: str, preset: str, batch: tuple[int, int] | None, precision: int, device: str, mode: str = "fast",
-            low_memory: bool = False, cuda_graphs: bool = True):
+            low_memory: bool = False, cuda_graphs: bool = True, compile_steps: bool = False):
     from hydra import compose as hydra_compose, initialize_config_dir
     overrides = [f"configs=dmc_{obs}", f"preset={preset}", f"precision={precision}", f"device={device}",
-                 f"mode={mode}", f"low_memory={low_memory}", f"cuda_graphs={cuda_graphs}"]
+                 f"mode={mode}", f"low_memory={low_memory}", f"cuda_graphs={cuda_graphs}", f"compile={compile_steps}"]
     if batch:
         overrides += [f"batch_size={batch[0]}", f"batch_length={batch[1]}"]
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
@@ -158,6 +158,7 @@ def main() -> None:
     parser.add_argument("--low-memory", action="store_true",
                         help="low_memory=true (recompute activations); with --compare: one more column")
     parser.add_argument("--no-graphs", action="store_true", help="cuda_graphs=false (CUDA, fast mode)")
+    parser.add_argument("--compile", action="store_true", help="compile=true (fast mode)")
     parser.add_argument("--json", action="store_true", help="print one JSON line only")
     parser.add_argument("--compare", action="store_true",
                         help="run --mode eager, then fast --precision 32, then fast at --precision, each in its "
@@ -171,10 +172,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     graphs = not args.no_graphs
-    probe = compose(args.obs, args.preset, None, args.precision, args.device, args.mode, args.low_memory, graphs)
+    probe = compose(args.obs, args.preset, None, args.precision, args.device, args.mode, args.low_memory, graphs,
+                    args.compile)
     batch_shape = tuple(int(x) for x in args.batch.split("x")) if args.batch else (probe.batch_size,
                                                                                    probe.batch_length)
-    cfg = compose(args.obs, args.preset, batch_shape, args.precision, args.device, args.mode, args.low_memory, graphs)
+    cfg = compose(args.obs, args.preset, batch_shape, args.precision, args.device, args.mode, args.low_memory, graphs,
+                  args.compile)
     torch.manual_seed(0)
     env = envs.make("walker_stand", args.obs, cfg.action_repeat, seed=1)
 
@@ -194,7 +197,7 @@ def main() -> None:
     act_per_s = calls / (time.perf_counter() - start)
 
     # Recorded stages (CUDA graphs) run eagerly for their first calls and are recorded on the next.
-    warmup = args.warmup + (WARMUP_CALLS + 1 if agent.stages.enabled else 0)
+    warmup = args.warmup + (WARMUP_CALLS + 1 if agent.stages.enabled else 0) + (1 if args.compile else 0)
     for _ in range(warmup):
         time_update(agent, replay.sample(), device)
     recorded = agent.stages.recorded()

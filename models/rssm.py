@@ -48,6 +48,8 @@ class RSSM(nn.Module):
                                        nn.Linear(hidden, flat))
         self.post_out = nn.Sequential(nn.Linear(deter + embed_dim, hidden), norm_layer(norm, hidden), nn.ELU(),
                                       nn.Linear(hidden, flat))
+        self.batched_prior = False  # set by the agent's fast mode (observe)
+        self.compiled_obs_step: Callable | None = None  # set by the agent with compile=true
 
     @property
     def feat_dim(self) -> int:
@@ -66,37 +68,53 @@ class RSSM(nn.Module):
         return raw.reshape(*raw.shape[:-1], self.stoch, self.discrete)
 
     def img_step(self, prev: State, action: torch.Tensor, sample: bool = True) -> State:
+        return self.prior_state(self.deter_step(prev, action), sample)
+
+    def deter_step(self, prev: State, action: torch.Tensor) -> torch.Tensor:
+        """The recurrent part of a step: the next deterministic state."""
         stoch = prev["stoch"].reshape(*prev["stoch"].shape[:-2], -1)
         x = self.prior_in(torch.cat([stoch, action], -1))
-        deter = self.cell(x, prev["deter"])
+        return self.cell(x, prev["deter"])
+
+    def prior_state(self, deter: torch.Tensor, sample: bool = True) -> State:
         logit = self._logits(self.prior_out(deter))
         dist = OneHotCategorical(logit)
         return {"logit": logit, "stoch": dist.sample() if sample else dist.mode(), "deter": deter}
 
     def obs_step(self, prev: State, action: torch.Tensor, embed: torch.Tensor, is_first: torch.Tensor,
-                 sample: bool = True) -> tuple[State, State]:
-        """One posterior step; ``is_first`` (B,) resets the previous state and action to zero."""
+                 sample: bool = True, with_prior: bool = True) -> tuple[State, State | None]:
+        """One posterior step; ``is_first`` (B,) resets the previous state and action to zero. The
+        prior comes as logits and deter only (its sample is never used), or not at all."""
         keep = (1.0 - is_first.to(action.dtype)).unsqueeze(-1)
-        prev = {"logit": prev["logit"] * keep.unsqueeze(-1), "stoch": prev["stoch"] * keep.unsqueeze(-1),
-                "deter": prev["deter"] * keep}
-        prior = self.img_step(prev, action * keep, sample)
-        logit = self._logits(self.post_out(torch.cat([prior["deter"], embed], -1)))
+        prev = {"stoch": prev["stoch"] * keep.unsqueeze(-1), "deter": prev["deter"] * keep}
+        deter = self.deter_step(prev, action * keep)
+        logit = self._logits(self.post_out(torch.cat([deter, embed], -1)))
         dist = OneHotCategorical(logit)
-        post = {"logit": logit, "stoch": dist.sample() if sample else dist.mode(), "deter": prior["deter"]}
+        post = {"logit": logit, "stoch": dist.sample() if sample else dist.mode(), "deter": deter}
+        prior = {"logit": self._logits(self.prior_out(deter)), "deter": deter} if with_prior else None
         return post, prior
 
     def observe(self, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
                 state: State | None = None) -> tuple[State, State]:
-        """Posterior and prior over a sequence: embed (B, T, E), action (B, T, A), is_first (B, T)."""
+        """Posterior and prior over a sequence: embed (B, T, E), action (B, T, A), is_first (B, T).
+
+        With ``batched_prior`` (fast mode) the prior's head runs once over all steps after the
+        loop instead of inside it: the same numbers, fewer and larger kernels in the sequential part.
+        """
         batch, steps = embed.shape[:2]
         if state is None:
             state = self.initial(batch, embed.device, embed.dtype)
+        obs_step = self.compiled_obs_step or self.obs_step
         posts, priors = [], []
         for t in range(steps):
-            state, prior = self.obs_step(state, action[:, t], embed[:, t], is_first[:, t])
+            state, prior = obs_step(state, action[:, t], embed[:, t], is_first[:, t],
+                                         with_prior=not self.batched_prior)
             posts.append(state)
             priors.append(prior)
-        return _stack(posts, dim=1), _stack(priors, dim=1)
+        posts = _stack(posts, dim=1)
+        if self.batched_prior:
+            return posts, {"logit": self._logits(self.prior_out(posts["deter"])), "deter": posts["deter"]}
+        return posts, _stack(priors, dim=1)
 
     def imagine_actions(self, actions: torch.Tensor, state: State) -> State:
         """Open-loop prior rollout under given actions (B, T, A), for prediction videos."""
@@ -138,8 +156,11 @@ def flatten_state(state: State) -> State:
 Policy = Callable[[torch.Tensor, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
-def imagine(rssm: RSSM, policy: Policy, start: State, horizon: int, recompute_steps: bool = False
-            ) -> tuple[State, torch.Tensor, dict[str, torch.Tensor]]:
+Step = Callable[[State], tuple[State, torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def imagine(rssm: RSSM, policy: Policy, start: State, horizon: int, recompute_steps: bool = False,
+            step: Step | None = None) -> tuple[State, torch.Tensor, dict[str, torch.Tensor]]:
     """Roll the prior forward ``horizon`` steps from ``start`` (N, ...) under ``policy(feat, t)``,
     which returns the action and a dict of its own per-step outputs (an entropy, a chosen skill).
 
@@ -147,6 +168,8 @@ def imagine(rssm: RSSM, policy: Policy, start: State, horizon: int, recompute_st
     (H+1, N, A) with a zero action at index 0 (spec 5.5), and the policy outputs stacked to
     (H, N, ...). With ``recompute_steps`` each step keeps only its input state for the backward
     pass (models/recompute.py); the states then carry ``stoch`` and ``deter`` but no ``logit``.
+    ``step(state) -> (next state, action, outputs)``, if given, replaces policy and ``img_step``
+    together (a compiled version of both, ``compile=true``); not with ``recompute_steps``.
     """
     state = {key: start[key] for key in (("stoch", "deter") if recompute_steps else start)}
     states, actions, outputs = [state], [], []
@@ -154,6 +177,8 @@ def imagine(rssm: RSSM, policy: Policy, start: State, horizon: int, recompute_st
         if recompute_steps:
             stoch, deter, action, extra = recompute(_policy_step, rssm, policy, t, state["stoch"], state["deter"])
             state = {"stoch": stoch, "deter": deter}
+        elif step is not None:
+            state, action, extra = step(state)
         else:
             action, extra = policy(rssm.feat(state), t)
             state = rssm.img_step(state, action)

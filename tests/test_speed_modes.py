@@ -8,9 +8,11 @@ import torch
 from conftest import TINY, batch_from_rollout, compose_config, walker_rollout
 from utils.runner import build_agent
 
-# fp32: only round-off differs (the fused particle-entropy distances, ~1e-6). bf16: the same round-off
-# can move a reward across a bf16 rounding step (8 bits of mantissa, 0.4%), which reaches the losses.
-TOLERANCE = {32: dict(rel=1e-4, abs=1e-5), 16: dict(rel=1e-2, abs=1e-3)}
+# fp32: only round-off differs (the fused particle-entropy distances, the prior head batched over all
+# steps; ~1e-6). bf16: the same round-off can move a value across a bf16 rounding step (8 bits of
+# mantissa, 0.4%; at 0.04-0.1 a step is 2.4e-4-4.9e-4), which reaches the losses and gradient norms
+# by a few steps.
+TOLERANCE = {32: dict(rel=1e-4, abs=1e-5), 16: dict(rel=1e-2, abs=2e-3)}
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,19 @@ def test_fast_and_eager_give_the_same_losses(batch, precision, finetune):
         assert fast[key] == pytest.approx(eager[key], **TOLERANCE[precision]), key
 
 
+@pytest.mark.parametrize("finetune", [False, True], ids=["pretrain", "finetune"])
+def test_compiled_steps_give_the_same_losses(batch, finetune, recwarn):
+    """compile=true (torch.compile of the posterior and imagination steps, torch's own random draws)."""
+    if finetune:
+        batch = dict(batch, reward=batch["reward"] + 1.0)
+    eager = losses("eager", 32, batch, finetune)
+    compiled = losses("fast", 32, batch, finetune, ("compile=true",))
+    assert not [str(w.message) for w in recwarn if "could not be compiled" in str(w.message)]
+    assert eager.keys() == compiled.keys()
+    for key in eager:
+        assert compiled[key] == pytest.approx(eager[key], **TOLERANCE[32]), key
+
+
 @pytest.mark.parametrize("mode", ["fast", "eager"])
 @pytest.mark.parametrize("finetune", [False, True], ids=["pretrain", "finetune"])
 def test_low_memory_gives_the_same_losses(batch, mode, finetune):
@@ -54,8 +69,8 @@ def test_low_memory_gives_the_same_losses(batch, mode, finetune):
     assert stored.keys() == recomputed.keys()
     for key in stored:
         # The same random draws are repeated when a step is recomputed; only the summation order of
-        # the chunked heads differs.
-        assert recomputed[key] == pytest.approx(stored[key], rel=1e-5, abs=1e-6), key
+        # the chunked heads differs (gradient norms move by up to ~1e-4 of themselves).
+        assert recomputed[key] == pytest.approx(stored[key], **TOLERANCE[32]), key
 
 
 def saved_for_backward_mb(low_memory: bool, batch: dict) -> float:

@@ -49,7 +49,7 @@ def build_agent(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int, de
                      slow_target_update=cfg.slow_target_update, slow_target_fraction=cfg.slow_target_fraction)
     return ChoreoAgent(obs_shape, action_dim, device=device, seed=cfg.seed, precision=cfg.precision,
                        mode=cfg.get("mode", "fast"), low_memory=bool(cfg.get("low_memory", False)),
-                       cuda_graphs=bool(cfg.get("cuda_graphs", True)),
+                       cuda_graphs=bool(cfg.get("cuda_graphs", True)), compile=bool(cfg.get("compile", False)),
                        world_model=world_model, behaviour=behaviour, actor=plain(cfg.actor), critic=plain(cfg.critic),
                        actor_opt=plain(cfg.actor_opt), critic_opt=plain(cfg.critic_opt),
                        reward_head=plain(cfg.reward_head), model_opt=plain(cfg.model_opt),
@@ -96,8 +96,9 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"mode={cfg.mode!r} is not supported; valid: fast, eager")
     if cfg.get("low_memory", False) not in (True, False):
         raise UserError(f"low_memory={cfg.low_memory!r} is not supported; valid: true, false")
-    if cfg.get("cuda_graphs", True) not in (True, False):
-        raise UserError(f"cuda_graphs={cfg.cuda_graphs!r} is not supported; valid: true, false")
+    for key, default in (("cuda_graphs", True), ("compile", False)):
+        if cfg.get(key, default) not in (True, False):
+            raise UserError(f"{key}={cfg[key]!r} is not supported; valid: true, false")
     if cfg.batch_length < 2:
         raise UserError(f"batch_length={cfg.batch_length} must be at least 2")
 
