@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--low-memory", action="store_true",
                         help="low_memory=true (recompute activations); with --compare: one more column")
     parser.add_argument("--no-graphs", action="store_true", help="cuda_graphs=false (CUDA, fast mode)")
-    parser.add_argument("--compile", action="store_true", help="compile=true (fast mode)")
+    parser.add_argument("--compile", action="store_true", help="compile=true (fast mode; default: compile=false)")
     parser.add_argument("--json", action="store_true", help="print one JSON line only")
     parser.add_argument("--compare", action="store_true",
                         help="run --mode eager, then fast --precision 32, then fast at --precision, each in its "

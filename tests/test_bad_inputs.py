@@ -118,7 +118,7 @@ CASES = [
          overrides=["low_memory=yes"]),
     case("config", "cuda_graphs", ["cuda_graphs='on' is not supported", "valid: true, false"],
          overrides=["cuda_graphs=on"]),
-    case("config", "compile", ["compile='yes' is not supported", "valid: true, false"],
+    case("config", "compile", ["compile='yes' is not supported", "valid: auto, true, false"],
          overrides=["compile=yes"]),
     case("config", "mw action repeat", ["bad action_repeat 3 for mw_reach", "valid action repeats: 1, 2"],
          overrides=["task=mw_reach", "action_repeat=3"]),

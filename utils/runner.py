@@ -33,6 +33,13 @@ def plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
 
 
+def compile_steps(cfg: DictConfig, device) -> bool:
+    """compile=auto: on for CUDA, where it measured 1.5x on the whole update (bench/RESULTS.md);
+    off on the CPU, where it gains ~10% and costs minutes of compiling and a C++ compiler."""
+    setting = cfg.get("compile", "auto")
+    return torch.device(device).type == "cuda" if setting == "auto" else bool(setting)
+
+
 def build_agent(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int, device) -> ChoreoAgent:
     if cfg.precision == 16 and not has_fast_bf16(torch.device(device)):
         print(f"warning: precision=16 on {device}: this device has no fast bf16 matrix unit (AMX, AVX512-BF16 "
@@ -49,7 +56,7 @@ def build_agent(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int, de
                      slow_target_update=cfg.slow_target_update, slow_target_fraction=cfg.slow_target_fraction)
     return ChoreoAgent(obs_shape, action_dim, device=device, seed=cfg.seed, precision=cfg.precision,
                        mode=cfg.get("mode", "fast"), low_memory=bool(cfg.get("low_memory", False)),
-                       cuda_graphs=bool(cfg.get("cuda_graphs", True)), compile=bool(cfg.get("compile", False)),
+                       cuda_graphs=bool(cfg.get("cuda_graphs", True)), compile=compile_steps(cfg, device),
                        world_model=world_model, behaviour=behaviour, actor=plain(cfg.actor), critic=plain(cfg.critic),
                        actor_opt=plain(cfg.actor_opt), critic_opt=plain(cfg.critic_opt),
                        reward_head=plain(cfg.reward_head), model_opt=plain(cfg.model_opt),
@@ -96,9 +103,10 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"mode={cfg.mode!r} is not supported; valid: fast, eager")
     if cfg.get("low_memory", False) not in (True, False):
         raise UserError(f"low_memory={cfg.low_memory!r} is not supported; valid: true, false")
-    for key, default in (("cuda_graphs", True), ("compile", False)):
-        if cfg.get(key, default) not in (True, False):
-            raise UserError(f"{key}={cfg[key]!r} is not supported; valid: true, false")
+    if cfg.get("cuda_graphs", True) not in (True, False):
+        raise UserError(f"cuda_graphs={cfg.cuda_graphs!r} is not supported; valid: true, false")
+    if cfg.get("compile", "auto") not in (True, False, "auto"):
+        raise UserError(f"compile={cfg.compile!r} is not supported; valid: auto, true, false")
     if cfg.batch_length < 2:
         raise UserError(f"batch_length={cfg.batch_length} must be at least 2")
 
