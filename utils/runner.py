@@ -34,7 +34,7 @@ def plain(node) -> dict:
 
 
 def compile_steps(cfg: DictConfig, device) -> bool:
-    """compile=auto: on for CUDA, where it measured 1.5x on the whole update (bench/RESULTS.md);
+    """compile=auto: on for CUDA, where it measured 1.3-1.5x on the whole update (bench/RESULTS.md);
     off on the CPU, where it gains ~10% and costs minutes of compiling and a C++ compiler."""
     setting = cfg.get("compile", "auto")
     return torch.device(device).type == "cuda" if setting == "auto" else bool(setting)
