@@ -7,6 +7,8 @@ a zero action, and skill index t+1 is the skill chosen in state t.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -20,6 +22,16 @@ from models.recompute import over_rows
 from models.rssm import RSSM, State, imagine
 
 SELECTOR_ENTROPY = 1e-4
+
+
+def step_outputs(selector: OneHotCategorical, skill: torch.Tensor, executor_entropy: Callable[[], torch.Tensor],
+                 with_outputs: bool) -> dict[str, torch.Tensor]:
+    """What an imagination step hands back besides the action: the chosen skill, and with
+    ``with_outputs`` the selector's logits and the executor's entropy (computed only then)."""
+    extra = {"skill": skill}
+    if with_outputs:
+        extra.update(selector_logits=selector.logits, executor_entropy=executor_entropy().detach())
+    return extra
 
 
 class MetaController(nn.Module):
@@ -77,10 +89,7 @@ class MetaController(nn.Module):
         selector = self.selector(feat)
         skill = selector.sample()
         executor = self.executor(torch.cat([feat, skill.detach()], -1))
-        extra = {"skill": skill}
-        if with_outputs:
-            extra.update(selector_logits=selector.logits, executor_entropy=executor.entropy().detach())
-        return executor.sample(), extra
+        return executor.sample(), step_outputs(selector, skill, executor.entropy, with_outputs)
 
     def imagination_step(self, rssm: RSSM, state: State, with_outputs: bool):
         """``imagined_action`` and the prior step with the executor's part compiled. The selector
@@ -90,10 +99,7 @@ class MetaController(nn.Module):
         selector = self.selector(feat)
         skill = selector.sample()
         next_state, action, executor_entropy = self.compiled_step(rssm, state, feat, skill.detach())
-        extra = {"skill": skill}
-        if with_outputs:
-            extra.update(selector_logits=selector.logits, executor_entropy=executor_entropy.detach())
-        return next_state, action, extra
+        return next_state, action, step_outputs(selector, skill, lambda: executor_entropy, with_outputs)
 
     def executor_step(self, rssm: RSSM, state: State, feat: torch.Tensor, skill: torch.Tensor):
         """The executor's action for a chosen skill and the prior step: the unit ``compile=true`` compiles."""
