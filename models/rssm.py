@@ -76,8 +76,11 @@ class RSSM(nn.Module):
         x = self.prior_in(torch.cat([stoch, action], -1))
         return self.cell(x, prev["deter"])
 
+    def prior_logits(self, deter: torch.Tensor) -> torch.Tensor:
+        return self._logits(self.prior_out(deter))
+
     def prior_state(self, deter: torch.Tensor, sample: bool = True) -> State:
-        logit = self._logits(self.prior_out(deter))
+        logit = self.prior_logits(deter)
         dist = OneHotCategorical(logit)
         return {"logit": logit, "stoch": dist.sample() if sample else dist.mode(), "deter": deter}
 
@@ -91,7 +94,7 @@ class RSSM(nn.Module):
         logit = self._logits(self.post_out(torch.cat([deter, embed], -1)))
         dist = OneHotCategorical(logit)
         post = {"logit": logit, "stoch": dist.sample() if sample else dist.mode(), "deter": deter}
-        prior = {"logit": self._logits(self.prior_out(deter)), "deter": deter} if with_prior else None
+        prior = {"logit": self.prior_logits(deter), "deter": deter} if with_prior else None
         return post, prior
 
     def observe(self, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
@@ -113,7 +116,7 @@ class RSSM(nn.Module):
             priors.append(prior)
         posts = _stack(posts, dim=1)
         if self.batched_prior:
-            return posts, {"logit": self._logits(self.prior_out(posts["deter"])), "deter": posts["deter"]}
+            return posts, {"logit": self.prior_logits(posts["deter"]), "deter": posts["deter"]}
         return posts, _stack(priors, dim=1)
 
     def imagine_actions(self, actions: torch.Tensor, state: State) -> State:
