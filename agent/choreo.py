@@ -67,8 +67,10 @@ class ChoreoAgent(nn.Module):
         self.freeze_skills = freeze_skills
         self.is_ft = False
         # Fine-tuning gate (spec 15, O10): random skills and no behaviour learning until a training
-        # batch holds a reward above 1e-4. A tensor, so checking it never waits on the device.
+        # batch holds a reward above 1e-4. A tensor (saved with the agent), read on the host only
+        # until it is set: then the host copy answers and updates no longer wait on the device.
         self.register_buffer("reward_seen", torch.zeros((), dtype=torch.bool))
+        self._gate_open = False
 
         self.wm = WorldModel(obs_shape, action_dim, reward_head=reward_head, model_opt=model_opt, **world_model)
         feat_dim = self.wm.rssm.feat_dim
@@ -248,7 +250,12 @@ class ChoreoAgent(nn.Module):
 
     def adapting(self, step: int) -> bool:
         """Whether the meta-controller drives the skills (fine-tuning, after the initial phase)."""
-        return self.is_ft and step >= self.init_steps and bool(self.reward_seen)
+        return self.is_ft and step >= self.init_steps and self.gate_open()
+
+    def gate_open(self) -> bool:
+        if not self._gate_open:
+            self._gate_open = bool(self.reward_seen)
+        return self._gate_open
 
     # ---------------------------------------------------------------------------------- training
     def update_world_model(self, batch: dict[str, torch.Tensor]) -> tuple[State, torch.Tensor, dict]:
@@ -298,8 +305,9 @@ class ChoreoAgent(nn.Module):
     def update_finetune(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One fine-tuning step (spec 8.3): world model, then the meta-controller once a reward was seen."""
         post, _, metrics = self.update_world_model(batch)
-        self.reward_seen |= (batch["reward"] > 1e-4).any()
-        if self.reward_seen:
+        if not self._gate_open:
+            self.reward_seen |= (batch["reward"] > 1e-4).any()
+        if self.gate_open():
             start = self.imagination_starts(post)
             metrics.update(self.stages.run("meta_controller", self._meta_step, start))
             refresh_target(self.meta)
@@ -363,6 +371,7 @@ class ChoreoAgent(nn.Module):
 
     def load_snapshot_state(self, state: dict) -> None:
         self.load_state_dict(state["modules"])
+        self._gate_open = False
         for name, opt in self.optimizers().items():
             opt.load_state_dict(state["optimizers"][name])
         self.rng.bit_generator.state = state["rng"]

@@ -3,7 +3,7 @@
 # (CUDA graphs, with and without compile=true), states and pixels; the CUDA-graph check (graphed and
 # compiled updates give the losses of the plain fast update); then a few hundred frames of
 # pretrain.py, finetune.py and offline_train.py with device=cuda precision=16, so a CUDA-only fault
-# shows up. Everything goes to one log and one JSON-lines file in $OUT (default /tmp/cuda_check).
+# shows up; and the training loop's update step without and with prefetched batches. Everything goes to one log and one JSON-lines file in $OUT (default /tmp/cuda_check).
 #     bash bench/cuda_check.sh   # QUICK=1: the main rows and states script runs only;
 #                                # SCRIPT_EXTRA="compile=true": the script runs with those overrides
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,6 +28,9 @@ step speed_states_fast16_compile $speed --obs states --mode fast --precision 16 
 step speed_pixels_eager $speed --obs pixels --mode eager --repeats 3 --env-steps 60
 step speed_pixels_fast16 $speed --obs pixels --mode fast --precision 16 --repeats 3 --env-steps 60 --no-flops
 step speed_pixels_fast16_compile $speed --obs pixels --mode fast --precision 16 --repeats 3 --env-steps 60 --no-flops --compile
+# The loop's update step (batch, update, one env step, read the losses) without and with prefetched batches.
+step speed_pixels_loop $speed --obs pixels --mode fast --precision 16 --repeats 5 --env-steps 60 --no-flops --loop
+step speed_pixels_loop_prefetch $speed --obs pixels --mode fast --precision 16 --repeats 5 --env-steps 60 --no-flops --loop --prefetch
 step graph_check_states_compile $PY bench/cuda_graph_check.py --obs states --batch 50x50 --updates 5 --compile
 step graph_check_finetune16_compile $PY bench/cuda_graph_check.py --obs states --batch 50x50 --updates 5 --finetune --precision 16 --compile
 if [ -z "$QUICK" ]; then

@@ -34,7 +34,7 @@ import envs  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 from models.cuda_graph import WARMUP_CALLS  # noqa: E402
 from utils.replay import EpisodeReplay  # noqa: E402
-from utils.runner import build_agent  # noqa: E402
+from utils.runner import build_agent, check_finite  # noqa: E402
 
 PARTS = ("wm_update_s", "lbs_s", "expl_ac_s", "skill_module_s", "skill_ac_s")
 
@@ -108,6 +108,24 @@ def time_update(agent, batch, device) -> dict[str, float]:
     return times
 
 
+def time_loop(agent, replay: EpisodeReplay, env, device, repeats: int) -> float:
+    """Median seconds of the training loop's update step as utils/runner.py runs it: draw a batch,
+    launch the update, step the environment, then read the losses (the one wait on the device)."""
+    rng = np.random.default_rng(0)
+    env.reset()
+    times = []
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        metrics = agent.update(replay.sample())
+        if env.step(rng.uniform(-1, 1, env.action_dim).astype(np.float32))["is_last"]:
+            env.reset()
+        check_finite(metrics, 0, 0)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
 def compare(args: argparse.Namespace) -> None:
     """Eager and fast side by side, one process each (the fast mode's allocator setting is
     process-wide, so the eager numbers must come from a process that never turned it on)."""
@@ -159,6 +177,10 @@ def main() -> None:
                         help="low_memory=true (recompute activations); with --compare: one more column")
     parser.add_argument("--no-graphs", action="store_true", help="cuda_graphs=false (CUDA, fast mode)")
     parser.add_argument("--compile", action="store_true", help="compile=true (fast mode; default: compile=false)")
+    parser.add_argument("--loop", action="store_true",
+                        help="also time the training loop's update step (draw a batch, update, one env step, read "
+                             "the losses): loop_s, with --prefetch the next batch is drawn on a thread meanwhile")
+    parser.add_argument("--prefetch", action="store_true", help="prefetch_batches=true for the replay (with --loop)")
     parser.add_argument("--json", action="store_true", help="print one JSON line only")
     parser.add_argument("--compare", action="store_true",
                         help="run --mode eager, then fast --precision 32, then fast at --precision, each in its "
@@ -202,6 +224,14 @@ def main() -> None:
         time_update(agent, replay.sample(), device)
     recorded = agent.stages.recorded()
     runs = [time_update(agent, replay.sample(), device) for _ in range(args.repeats)]
+    # Host cost of one batch (draw + copy to the device), as the loop pays it without prefetching.
+    sample_s = statistics.median(timed(replay.sample, device)[1] for _ in range(5))
+    loop_s = None
+    if args.loop:
+        looped = EpisodeReplay(None, 10**7, *batch_shape, seed=1, device=device, save=False, prefetch=args.prefetch)
+        for episode in replay.episodes:
+            looped.add_episode(episode)
+        loop_s = time_loop(agent, looped, env, device, args.repeats)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
@@ -211,6 +241,7 @@ def main() -> None:
     flops = 0 if args.no_flops else count_update_flops(cfg, env.obs_shape, env.action_dim, replay.sample(), device)
 
     result = {key: statistics.median(run[key] for run in runs) for key in ("update_s",) + PARTS}
+    result.update(sample_s=sample_s, **({"loop_s": loop_s} if loop_s is not None else {}))
     result.update(env_steps_per_s=env_steps_per_s, act_per_s=act_per_s, peak_mem_mb=peak_mb, graphs=recorded,
                   flops_per_update=flops, matmul_peak_gflops=peak_gflops,
                   utilisation=flops / result["update_s"] / (peak_gflops * 1e9))
@@ -224,6 +255,9 @@ def main() -> None:
     for key in ("update_s",) + PARTS:
         low, high = spread[key]
         print(f"  {key:<16} {result[key]:8.3f} s   (min {low:.3f}, max {high:.3f})")
+    print(f"  sample_s         {sample_s:8.4f} s (draw a batch and copy it to the device)")
+    if loop_s is not None:
+        print(f"  loop_s           {loop_s:8.3f} s (batch + update + one env step, prefetch {args.prefetch})")
     print(f"  env_steps_per_s  {env_steps_per_s:8.1f}   (random actions, {args.env_steps} steps)")
     print(f"  act_per_s        {act_per_s:8.1f}")
     print(f"  peak_mem_mb      {peak_mb:8.0f}   ({'CUDA allocated' if device.type == 'cuda' else 'process RSS'})")

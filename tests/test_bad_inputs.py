@@ -120,6 +120,8 @@ CASES = [
          overrides=["cuda_graphs=on"]),
     case("config", "compile", ["compile='yes' is not supported", "valid: auto, true, false"],
          overrides=["compile=yes"]),
+    case("config", "prefetch_batches", ["prefetch_batches='sometimes' is not supported", "valid: auto, true, false"],
+         overrides=["prefetch_batches=sometimes"]),
     case("config", "mw action repeat", ["bad action_repeat 3 for mw_reach", "valid action repeats: 1, 2"],
          overrides=["task=mw_reach", "action_repeat=3"]),
     case("config", "mw seed", ["bad seed 10 for mw_reach", "valid seeds: 0..9"],

@@ -185,17 +185,19 @@ def test_offline_resume_continues_exactly(tmp_path):
     common = ["domain=walker", *TINY, "batch_length=8", "snapshots=[4,6]", "log_every_updates=1",
               "eval_every_updates=2", "holdout_fraction=0.3", f"dataset_dir={directory}", "use_tb=false"]
 
-    def train(run_dir, base, updates):
-        args = common + [f"num_train_updates={updates}", f"snapshot_base_dir={base}", f"hydra.run.dir={run_dir}"]
+    def train(run_dir, base, updates, prefetch):
+        # The split run prefetches its batches, the straight one does not: the same weights either way.
+        args = common + [f"num_train_updates={updates}", f"snapshot_base_dir={base}", f"hydra.run.dir={run_dir}",
+                         f"prefetch_batches={prefetch}"]
         result = subprocess.run([sys.executable, str(REPO / "offline_train.py"), *args], cwd=tmp_path,
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         return result
 
-    train(tmp_path / "straight", tmp_path / "a", 6)
-    first = train(tmp_path / "split", tmp_path / "b", 4)
+    train(tmp_path / "straight", tmp_path / "a", 6, "false")
+    first = train(tmp_path / "split", tmp_path / "b", 4, "true")
     assert "snapshots [6] lie beyond num_train_updates=4" in first.stderr
-    second = train(tmp_path / "split", tmp_path / "b", 6)
+    second = train(tmp_path / "split", tmp_path / "b", 6, "true")
     assert "resumed from" in second.stdout and "at update 4" in second.stdout
     straight = torch.load(tmp_path / "a/exorl/rnd/walker/choreo/1/snapshot_6.pt", weights_only=True)
     resumed = torch.load(tmp_path / "b/exorl/rnd/walker/choreo/1/snapshot_6.pt", weights_only=True)

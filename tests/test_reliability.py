@@ -21,8 +21,8 @@ RUN = ["configs=dmc_states", "num_train_frames=3000", "num_seed_frames=1000", "l
        "checkpoint_every_min=0", "snapshots=[]", "seed=3"]
 
 
-def pretrain_command(run_dir):
-    return [sys.executable, str(REPO / "pretrain.py"), *TINY, *RUN, f"hydra.run.dir={run_dir}"]
+def pretrain_command(run_dir, *extra):
+    return [sys.executable, str(REPO / "pretrain.py"), *TINY, *RUN, *extra, f"hydra.run.dir={run_dir}"]
 
 
 def csv_rows(path, drop=("fps", "total_time")):
@@ -35,11 +35,14 @@ def replay_files(run_dir):
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """The killed run also prefetches its batches: prefetching and resuming must both leave the
+    batches, hence every weight, those of a plain uninterrupted run."""
     straight = tmp_path / "straight"
-    subprocess.run(pretrain_command(straight), cwd=tmp_path, check=True, capture_output=True, timeout=900)
+    subprocess.run(pretrain_command(straight, "prefetch_batches=false"), cwd=tmp_path, check=True,
+                   capture_output=True, timeout=900)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(pretrain_command(killed), cwd=tmp_path, stdout=subprocess.PIPE,
+    process = subprocess.Popen(pretrain_command(killed, "prefetch_batches=true"), cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True)
     for line in process.stdout:
         if line.startswith("| train | F: 2000"):
@@ -47,7 +50,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     time.sleep(1.5)  # well into the third episode: updates running, replay partly filled
     process.send_signal(signal.SIGKILL)
     process.wait()
-    resumed = subprocess.run(pretrain_command(killed), cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(pretrain_command(killed, "prefetch_batches=true"), cwd=tmp_path, capture_output=True,
+                             text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout and "at frame 2000" in resumed.stdout, resumed.stdout
 

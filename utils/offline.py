@@ -24,7 +24,7 @@ from utils.errors import UserError
 from utils.logger import Logger
 from utils.replay import EpisodeReplay
 from utils.checkpoint import checkpoint_path, checkpoint_to_resume, global_rng_state, set_global_rng_state
-from utils.runner import build_agent, check_config, check_finite, plain
+from utils.runner import build_agent, check_config, check_finite, plain, prefetch_batches
 from utils.seeding import seed_everything
 from utils.snapshot import load_snapshot, save_snapshot
 
@@ -74,10 +74,10 @@ def holdout_split(count: int, fraction: float, seed: int) -> tuple[list[int], li
 
 
 def make_replay(episodes: list[dict[str, np.ndarray]], batch_size: int, batch_length: int, seed: int,
-                device) -> EpisodeReplay:
+                device, prefetch: bool = False) -> EpisodeReplay:
     """An in-memory replay holding exactly ``episodes`` (the reader already applied replay.capacity)."""
     capacity = sum(len(ep["reward"]) - 1 for ep in episodes)
-    replay = EpisodeReplay(None, capacity, batch_size, batch_length, seed, device, save=False)
+    replay = EpisodeReplay(None, capacity, batch_size, batch_length, seed, device, save=False, prefetch=prefetch)
     for episode in episodes:
         replay.add_episode(episode)
     return replay
@@ -114,7 +114,7 @@ class OfflineRunner:
             longest = max(len(ep["reward"]) for ep in episodes)
             raise UserError(f"no training episode in {self.dataset_dir} has batch_length={cfg.batch_length} rows "
                             f"(longest: {longest}); lower batch_length")
-        self.replay = self._replay([episodes[i] for i in train_ids], cfg.seed)
+        self.replay = self._replay([episodes[i] for i in train_ids], cfg.seed, prefetch_batches(cfg, self.device))
         self.eval_replay = None
         held = [episodes[i] for i in held_ids]
         if held and any(len(ep["reward"]) >= cfg.batch_length for ep in held):
@@ -139,8 +139,8 @@ class OfflineRunner:
         self.logger = Logger(self.run_dir, cfg.use_tb, cfg.use_wandb, wandb_kwargs,
                              resume_frame=self.frame if resumed else None)
 
-    def _replay(self, episodes: list[dict[str, np.ndarray]], seed: int) -> EpisodeReplay:
-        return make_replay(episodes, self.cfg.batch_size, self.cfg.batch_length, seed, self.device)
+    def _replay(self, episodes: list[dict[str, np.ndarray]], seed: int, prefetch: bool = False) -> EpisodeReplay:
+        return make_replay(episodes, self.cfg.batch_size, self.cfg.batch_length, seed, self.device, prefetch)
 
     @property
     def frame(self) -> int:
@@ -162,7 +162,7 @@ class OfflineRunner:
             raise UserError(f"the checkpoint in {self.run_dir} trained on {payload.get('dataset_dir')}, not "
                             f"{self.dataset_dir}; use another hydra.run.dir")
         self.agent.load_snapshot_state(payload["agent"])
-        self.replay.rng.bit_generator.state = payload["replay_rng"]
+        self.replay.set_rng_state(payload["replay_rng"])
         self.updates = payload["updates"]
         self.elapsed_before = payload["total_time"]
         set_global_rng_state(payload["rng"])
@@ -171,7 +171,7 @@ class OfflineRunner:
 
     def save_checkpoint(self) -> None:
         payload = self.snapshot_payload()
-        payload.update(phase="offline", replay_rng=self.replay.rng.bit_generator.state, total_time=self.total_time(),
+        payload.update(phase="offline", replay_rng=self.replay.rng_state(), total_time=self.total_time(),
                        rng=global_rng_state(),
                        wandb_id=self.logger.wandb.id if self.logger.wandb is not None else None)
         save_snapshot(payload, checkpoint_path(self.run_dir))

@@ -5,6 +5,12 @@ Each finished episode is written as ``<timestamp>_<index>_<length>.npz`` in the 
 offline dataset. Episodes stay in memory up to ``capacity`` transitions (oldest dropped first).
 Sampling draws batch_size windows of batch_length consecutive rows: an episode uniformly, then a
 start uniformly, from a seeded generator.
+
+With ``prefetch`` the next batch is drawn on a background thread (into pinned memory on CUDA, copied
+without blocking) while the caller trains on the current one. Only finished episodes are sampled, so
+the prefetched batch is what a plain ``sample()`` would return unless an episode was stored since
+it was drawn; then the generator is rewound and the batch drawn again. Either way the batches, and
+the generator state a checkpoint saves, are those of a run without prefetching.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import datetime
 import os
 import tempfile
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +65,7 @@ def load_episode(path: Path) -> dict[str, np.ndarray]:
 
 class EpisodeReplay:
     def __init__(self, directory: str | os.PathLike | None, capacity: int, batch_size: int, batch_length: int,
-                 seed: int, device: torch.device, save: bool = True):
+                 seed: int, device: torch.device, save: bool = True, prefetch: bool = False):
         self.directory = Path(directory) if directory is not None else None
         self.save = save and self.directory is not None
         if self.save:
@@ -71,6 +78,10 @@ class EpisodeReplay:
         self.transitions = 0
         self.episodes_written = 0
         self.current: dict[str, list] = {}
+        self.pin = self.device.type == "cuda"
+        self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="replay-prefetch") if prefetch else None
+        # (host batch being drawn, episodes_written when it was started, generator state before it)
+        self._pending: tuple[Future, int, dict] | None = None
 
     def __len__(self) -> int:
         return self.transitions
@@ -109,6 +120,7 @@ class EpisodeReplay:
         """Restore the replay of a resumed run from its folder: episodes ``0 .. episodes_written-1``
         are loaded in order (oldest dropped past capacity); later files (written after the
         checkpoint by the run that died) are removed, since the resumed run writes them again."""
+        self._cancel_prefetch()
         self.episodes.clear()
         self.transitions = 0
         self.episodes_written = 0
@@ -125,11 +137,19 @@ class EpisodeReplay:
             self.add_episode(load_episode(path))
 
     def state(self) -> dict:
-        return {"episodes_written": self.episodes_written, "rng": self.rng.bit_generator.state}
+        return {"episodes_written": self.episodes_written, "rng": self.rng_state()}
 
     def load_state(self, state: dict) -> None:
         self.reload(state["episodes_written"])
-        self.rng.bit_generator.state = state["rng"]
+        self.set_rng_state(state["rng"])
+
+    def rng_state(self) -> dict:
+        """The sampling generator's state as a run without prefetching would have it now."""
+        return self._pending[2] if self._pending is not None else self.rng.bit_generator.state
+
+    def set_rng_state(self, state: dict) -> None:
+        self._cancel_prefetch()
+        self.rng.bit_generator.state = state
 
     # ----------------------------------------------------------------------------------- sampling
     def can_sample(self) -> bool:
@@ -137,9 +157,25 @@ class EpisodeReplay:
 
     def sample(self) -> dict[str, torch.Tensor]:
         """A batch of windows (B, L, ...) on the training device, with is_first and is_terminal."""
+        host = self._take_prefetched()
+        if host is None:
+            host = self._draw(self._candidates())
+        batch = {key: value.to(self.device, non_blocking=True) for key, value in host.items()}
+        batch["is_terminal"] = batch["discount"] == 0
+        if self._prefetcher is not None:
+            rng_before = self.rng.bit_generator.state  # read before the thread starts drawing
+            self._pending = (self._prefetcher.submit(self._draw, self._candidates()), self.episodes_written,
+                             rng_before)
+        return batch
+
+    def _candidates(self) -> list[dict[str, np.ndarray]]:
         candidates = [ep for ep in self.episodes if len(ep["reward"]) >= self.batch_length]
         if not candidates:
             raise RuntimeError(f"no stored episode has {self.batch_length} steps yet")
+        return candidates
+
+    def _draw(self, candidates: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+        """The next batch on the host (pinned for CUDA); may run on the prefetch thread."""
         picks = self.rng.integers(len(candidates), size=self.batch_size)
         windows: dict[str, list[np.ndarray]] = {key: [] for key in candidates[0]}
         for pick in picks:
@@ -154,9 +190,29 @@ class EpisodeReplay:
                 array = array.astype(np.float32, copy=False)
             elif array.dtype.kind == "i":
                 array = array.astype(np.int32, copy=False)
-            batch[key] = torch.as_tensor(array, device=self.device)
-        is_first = torch.zeros(self.batch_size, self.batch_length, dtype=torch.bool, device=self.device)
+            batch[key] = torch.from_numpy(array)
+        is_first = torch.zeros(self.batch_size, self.batch_length, dtype=torch.bool)
         is_first[:, 0] = True
         batch["is_first"] = is_first
-        batch["is_terminal"] = batch["discount"] == 0
+        if self.pin:
+            batch = {key: value.pin_memory() for key, value in batch.items()}
         return batch
+
+    def _take_prefetched(self) -> dict[str, torch.Tensor] | None:
+        """The prefetched batch if no episode was stored since it was drawn; else rewind the generator."""
+        if self._pending is None:
+            return None
+        future, episodes_written, rng_before = self._pending
+        self._pending = None
+        host = future.result()
+        if episodes_written != self.episodes_written:
+            self.rng.bit_generator.state = rng_before
+            return None
+        return host
+
+    def _cancel_prefetch(self) -> None:
+        if self._pending is not None:
+            future, _, rng_before = self._pending
+            self._pending = None
+            future.result()
+            self.rng.bit_generator.state = rng_before

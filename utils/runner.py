@@ -40,6 +40,12 @@ def compile_steps(cfg: DictConfig, device) -> bool:
     return torch.device(device).type == "cuda" if setting == "auto" else bool(setting)
 
 
+def prefetch_batches(cfg: DictConfig, device) -> bool:
+    """``prefetch_batches``: auto prefetches on CUDA only."""
+    setting = cfg.get("prefetch_batches", "auto")
+    return torch.device(device).type == "cuda" if setting == "auto" else bool(setting)
+
+
 def build_agent(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int, device) -> ChoreoAgent:
     if cfg.precision == 16 and not has_fast_bf16(torch.device(device)):
         print(f"warning: precision=16 on {device}: this device has no fast bf16 matrix unit (AMX, AVX512-BF16 "
@@ -107,6 +113,8 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"cuda_graphs={cfg.cuda_graphs!r} is not supported; valid: true, false")
     if cfg.get("compile", "auto") not in (True, False, "auto"):
         raise UserError(f"compile={cfg.compile!r} is not supported; valid: auto, true, false")
+    if cfg.get("prefetch_batches", "auto") not in (True, False, "auto"):
+        raise UserError(f"prefetch_batches={cfg.prefetch_batches!r} is not supported; valid: auto, true, false")
     if cfg.batch_length < 2:
         raise UserError(f"batch_length={cfg.batch_length} must be at least 2")
 
@@ -186,7 +194,7 @@ class OnlineRunner:
                 except ValueError as error:
                     raise UserError(str(error)) from error
         self.replay = EpisodeReplay(self.run_dir / "buffer", cfg.replay.capacity, cfg.batch_size, cfg.batch_length,
-                                    cfg.seed, self.device)
+                                    cfg.seed, self.device, prefetch=prefetch_batches(cfg, self.device))
         self.action_rng = np.random.default_rng(cfg.seed)
         self.snapshot_dir = Path(hydra.utils.to_absolute_path(cfg.snapshot_base_dir)) / cfg.obs_type / self.domain \
             / cfg.agent.name / str(cfg.seed)
@@ -306,19 +314,24 @@ class OnlineRunner:
                 action, state = agent.act(time_step, meta, self.step, eval_mode=False, state=state)
 
             self.log_due = self.log_due or self.step % log_every == 0
+            metrics = None
             if self.step >= seed_until and self.step % update_every == 0 and self.replay.can_sample():
                 metrics = agent.update(self.replay.sample())
                 self.updates += 1
-                check_finite(metrics, self.step, self.frame)
-                if self.log_due:
-                    self.logger.log_metrics(metrics, self.frame, "train")
-                    self.log_due = False
 
             if (cfg.obs_type == "pixels" and self.step >= seed_until and self.step % recon_every == 0
                     and self.replay.can_sample()):
                 log_openloop_video(self.logger, agent, self.replay.sample(), self.frame)
 
+            # The action was chosen before the update and the batch drawn before this step is stored,
+            # so the environment steps (and renders) while an asynchronous (CUDA) update runs; the
+            # losses are read after it.
             time_step = env.step(action)
+            if metrics is not None:
+                check_finite(metrics, self.step, self.frame)
+                if self.log_due:
+                    self.logger.log_metrics(metrics, self.frame, "train")
+                    self.log_due = False
             episode_reward += time_step["reward"]
             episode_step += 1
             self.store(time_step)
