@@ -6,6 +6,7 @@
 # shows up; and the training loop's update step without and with prefetched batches. Everything goes to one log and one JSON-lines file in $OUT (default /tmp/cuda_check).
 #     bash bench/cuda_check.sh   # QUICK=1: the main rows and states script runs only;
 #                                # SCRIPT_EXTRA="compile=true": the script runs with those overrides
+#                                # ONLY="speed_pixels_loop finetune_states": just the steps named
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-/tmp/cuda_check}
 mkdir -p "$OUT"
@@ -13,7 +14,9 @@ LOG="$OUT/cuda_check.log"
 JSON="$OUT/speed.jsonl"
 export MUJOCO_GL=${MUJOCO_GL:-egl} PYTHONUNBUFFERED=1
 PY=${PY:-python3}
-step() { local name=$1; shift; echo "=== $name" | tee -a "$LOG"; local start=$SECONDS
+step() { local name=$1; shift
+  if [ -n "$ONLY" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
+  echo "=== $name" | tee -a "$LOG"; local start=$SECONDS
   timeout "${STEP_TIMEOUT:-150}" "$@" > "$OUT/step.out" 2>&1; local rc=$?
   cat "$OUT/step.out" >> "$LOG"
   echo "rc=$rc seconds=$((SECONDS - start))" | tee -a "$LOG"; tail -n 3 "$OUT/step.out"
