@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, compose_config
+from utils.checkpoint import open_checkpoint, write_checkpoint
 from utils.errors import UserError
 from utils.runner import OnlineRunner, TrainingDiverged, check_finite
 from utils.snapshot import SnapshotError, load_snapshot, save_snapshot
@@ -78,6 +79,18 @@ def test_resume_never_refuses_a_folder_with_a_checkpoint(tmp_path):
     cfg = compose_config(TINY + ["resume=never"])
     with pytest.raises(UserError, match="already holds a checkpoint.*resume=never"):
         OnlineRunner(cfg, run_dir)
+
+
+def test_a_checkpoint_of_another_phase_is_refused_not_mixed_in(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_checkpoint(run_dir, {"updates": 3}, "pretrain", total_time=1.5, wandb_run=None)
+    path, payload = open_checkpoint(run_dir, "auto", "pretrain", "cpu")
+    assert path.name == "checkpoint.pt" and payload["updates"] == 3 and payload["total_time"] == 1.5
+    assert payload["wandb_id"] is None and "torch" in payload["rng"]
+    with pytest.raises(UserError, match=r"checkpoint in .*run is from pretrain, not offline"):
+        open_checkpoint(run_dir, "auto", "offline", "cpu")
+    assert open_checkpoint(tmp_path, "auto", "offline", "cpu") is None
 
 
 def test_non_finite_loss_stops_with_step_and_loss_named():

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from utils.errors import UserError
+from utils.snapshot import load_snapshot, save_snapshot
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -55,3 +56,23 @@ def checkpoint_to_resume(run_dir: Path, mode: str) -> Path | None:
         raise UserError(f"{run_dir} already holds a checkpoint ({path.name}) and resume=never; "
                         f"use resume=auto to continue that run, or another hydra.run.dir")
     return path
+
+
+def open_checkpoint(run_dir: Path, mode: str, phase: str, device) -> tuple[Path, dict] | None:
+    """The run folder's checkpoint and its payload when there is one to continue (``resume=auto``);
+    a checkpoint of another phase (pretrain, finetune, offline) is refused, never mixed in."""
+    path = checkpoint_to_resume(run_dir, mode)
+    if path is None:
+        return None
+    payload = load_snapshot(path, map_location=device)
+    if payload.get("phase") != phase:
+        raise UserError(f"the checkpoint in {run_dir} is from {payload.get('phase')}, not {phase}")
+    return path, payload
+
+
+def write_checkpoint(run_dir: Path, payload: dict, phase: str, total_time: float, wandb_run) -> None:
+    """The loop's own state plus what every run resumes with: its phase, elapsed time, the global
+    generators and the wandb run to continue."""
+    payload.update(phase=phase, total_time=total_time, rng=global_rng_state(),
+                   wandb_id=wandb_run.id if wandb_run is not None else None)
+    save_snapshot(payload, checkpoint_path(run_dir))

@@ -23,10 +23,10 @@ from utils.device import resolve_device
 from utils.errors import UserError
 from utils.logger import Logger
 from utils.replay import EpisodeReplay
-from utils.checkpoint import checkpoint_path, checkpoint_to_resume, global_rng_state, set_global_rng_state
+from utils.checkpoint import open_checkpoint, set_global_rng_state, write_checkpoint
 from utils.runner import build_agent, check_config, check_finite, plain, prefetch_batches
 from utils.seeding import seed_everything
-from utils.snapshot import load_snapshot, save_snapshot
+from utils.snapshot import save_snapshot
 
 EVAL_KEYS = ("model_loss", "observation_loss", "kl_loss", "reward_loss", "model_kl")
 
@@ -152,12 +152,10 @@ class OfflineRunner:
     # ------------------------------------------------------------------------------------ resuming
     def maybe_resume(self) -> dict | None:
         """Continue from the run folder's checkpoint (resume=auto), or refuse to touch it (never)."""
-        path = checkpoint_to_resume(self.run_dir, self.cfg.get("resume", "auto"))
-        if path is None:
+        found = open_checkpoint(self.run_dir, self.cfg.get("resume", "auto"), "offline", self.device)
+        if found is None:
             return None
-        payload = load_snapshot(path, map_location=self.device)
-        if payload.get("phase") != "offline":
-            raise UserError(f"the checkpoint in {self.run_dir} is from {payload.get('phase')}, not offline training")
+        path, payload = found
         if payload.get("dataset_dir") != str(self.dataset_dir):
             raise UserError(f"the checkpoint in {self.run_dir} trained on {payload.get('dataset_dir')}, not "
                             f"{self.dataset_dir}; use another hydra.run.dir")
@@ -171,10 +169,8 @@ class OfflineRunner:
 
     def save_checkpoint(self) -> None:
         payload = self.snapshot_payload()
-        payload.update(phase="offline", replay_rng=self.replay.rng_state(), total_time=self.total_time(),
-                       rng=global_rng_state(),
-                       wandb_id=self.logger.wandb.id if self.logger.wandb is not None else None)
-        save_snapshot(payload, checkpoint_path(self.run_dir))
+        payload["replay_rng"] = self.replay.rng_state()
+        write_checkpoint(self.run_dir, payload, "offline", self.total_time(), self.logger.wandb)
         self.last_checkpoint = time.time()
 
     # ---------------------------------------------------------------------------------------- loop

@@ -24,7 +24,7 @@ from utils.logger import Logger
 from utils.progress import Progress
 from utils.replay import EpisodeReplay
 from utils.seeding import seed_everything
-from utils.checkpoint import checkpoint_path, checkpoint_to_resume, global_rng_state, set_global_rng_state
+from utils.checkpoint import open_checkpoint, set_global_rng_state, write_checkpoint
 from utils.snapshot import load_snapshot, save_snapshot
 from utils.video import VideoRecorder
 
@@ -226,12 +226,10 @@ class OnlineRunner:
     # ------------------------------------------------------------------------------------ resuming
     def maybe_resume(self) -> dict | None:
         """Continue from the run folder's checkpoint (resume=auto), or refuse to touch it (never)."""
-        path = checkpoint_to_resume(self.run_dir, self.cfg.get("resume", "auto"))
-        if path is None:
+        found = open_checkpoint(self.run_dir, self.cfg.get("resume", "auto"), self.phase, self.device)
+        if found is None:
             return None
-        payload = load_snapshot(path, map_location=self.device)
-        if payload.get("phase") != self.phase:
-            raise UserError(f"the checkpoint in {self.run_dir} is from {payload.get('phase')}, not {self.phase}")
+        path, payload = found
         self.agent.load_snapshot_state(payload["agent"])
         self.replay.load_state(payload["replay"])
         self.action_rng.bit_generator.state = payload["action_rng"]
@@ -253,11 +251,9 @@ class OnlineRunner:
 
     def save_checkpoint(self) -> None:
         payload = self.snapshot_payload()
-        payload.update(phase=self.phase, replay=self.replay.state(), action_rng=self.action_rng.bit_generator.state,
-                       eval_resets=self.eval_resets, log_due=self.log_due, total_time=self.total_time(),
-                       rng=global_rng_state(),
-                       wandb_id=self.logger.wandb.id if self.logger.wandb is not None else None)
-        save_snapshot(payload, checkpoint_path(self.run_dir))
+        payload.update(replay=self.replay.state(), action_rng=self.action_rng.bit_generator.state,
+                       eval_resets=self.eval_resets, log_due=self.log_due)
+        write_checkpoint(self.run_dir, payload, self.phase, self.total_time(), self.logger.wandb)
         self.last_checkpoint = time.time()
 
     def store(self, time_step: dict) -> None:
