@@ -1,7 +1,11 @@
 """Learning check: pre-train walker on states with the CPU preset, then fine-tune walker_stand from
 the snapshot, and plot the fine-tuning eval return against frames. A benchmark, run by hand.
 
-    python bench/learning.py --pretrain-frames 30000 --finetune-frames 30000 --out bench/learning
+    python bench/learning.py --out bench/learning
+
+The defaults are the best setting measured within the 60-minute budget on 2 CPU cores (bench/RESULTS.md,
+"Learning at action repeat 2"): the original's action-repeat-2 states config, 20k pre-training frames,
+30k fine-tuning frames with an update every 2 agent steps (``train_every_actions=5`` counts frames).
 
 Writes ``<out>/learning.png`` and ``<out>/learning.json`` (the eval curve, wall times, seconds per
 update) and prints the curve. The random policy scores about 130-160 on walker_stand.
@@ -36,18 +40,22 @@ def read_csv(path: Path) -> list[dict[str, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pretrain-frames", type=int, default=30000)
+    parser.add_argument("--pretrain-frames", type=int, default=20000)
     parser.add_argument("--finetune-frames", type=int, default=30000)
     parser.add_argument("--eval-every", type=int, default=5000)
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--configs", default="dmc_states_ar2", choices=("dmc_states", "dmc_states_ar2"),
+                        help="observation config (action repeat 2 or 1)")
+    parser.add_argument("--train-every", type=int, default=5,
+                        help="fine-tuning: an update every this many frames (train_every_actions)")
     parser.add_argument("--out", default=str(REPO / "bench" / "learning"))
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for both scripts")
     parser.add_argument("--finetune-extra", nargs="*", default=[], help="more overrides for finetune.py only")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    common = ["configs=dmc_states", "agent=choreo", "preset=cpu", f"seed={args.seed}", *args.extra]
+    common = [f"configs={args.configs}", "agent=choreo", "preset=cpu", f"seed={args.seed}", *args.extra]
 
     pretrain_dir = out / "pretrain_run"
     pretrain_s = run("pretrain.py", common + [
@@ -57,14 +65,15 @@ def main() -> None:
     finetune_s = run("finetune.py", common + [
         "task=walker_stand", f"snapshot_ts={args.pretrain_frames}", f"num_train_frames={args.finetune_frames + 10}",
         f"eval_every_frames={args.eval_every}", f"num_eval_episodes={args.eval_episodes}",
-        f"hydra.run.dir={finetune_dir}", *args.finetune_extra], cwd=out)
+        f"train_every_actions={args.train_every}", f"hydra.run.dir={finetune_dir}", *args.finetune_extra], cwd=out)
 
     evals = read_csv(finetune_dir / "eval.csv")
     curve = [(int(row["frame"]), row["episode_reward"]) for row in evals]
     pretrain_train = read_csv(pretrain_dir / "train.csv")
     result = {
         "pretrain_frames": args.pretrain_frames, "finetune_frames": args.finetune_frames,
-        "extra": args.extra, "finetune_extra": args.finetune_extra,
+        "configs": args.configs, "train_every": args.train_every, "extra": args.extra,
+        "finetune_extra": args.finetune_extra,
         "pretrain_wall_s": round(pretrain_s, 1), "finetune_wall_s": round(finetune_s, 1),
         "pretrain_episode_returns": [row["episode_reward"] for row in pretrain_train],
         "finetune_eval_curve": curve,
@@ -83,6 +92,7 @@ def main() -> None:
     if curve:
         ax.plot(*zip(*curve), marker="o", label="fine-tuned (eval, mean action)")
     ax.axhspan(130, 160, color="grey", alpha=0.3, label="random policy (130-160)")
+    ax.axhline(390, color="black", linestyle="--", linewidth=1, label="target: 3x random (about 390)")
     ax.set_xlabel("fine-tuning frames")
     ax.set_ylabel("walker_stand return")
     ax.set_title(f"walker: pre-train {args.pretrain_frames // 1000}k frames (CPU preset), fine-tune stand")
