@@ -91,6 +91,7 @@ def posture(run_dir: Path, episodes: int, seed: int) -> dict[str, float]:
     from utils.runner import build_agent
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    torch.manual_seed(seed)  # acting samples the latent state
     env = make("walker_stand", "states", cfg.action_repeat, seed=seed)
     first = env.reset()
     assert abs(first["observation"][HEIGHT_INDEX] - env.physics.torso_height()) < 1e-4, "walker observation layout"
