@@ -104,6 +104,7 @@ def posture(run_dir: Path, episodes: int, seed: int) -> dict[str, float]:
         time_step, state, total, trace = env.reset(), None, 0.0, []
         meta = agent.init_meta()
         while not time_step["is_last"]:
+            # A step past num_init_frames: the meta-controller picks the skills, as in the eval of the run.
             action, state = agent.act(time_step, meta, 10**9, True, state)
             time_step = env.step(action)
             total += float(time_step["reward"])
