@@ -89,6 +89,7 @@ def posture(run_dir: Path, episodes: int, seed: int) -> dict[str, float]:
 
     from envs import make
     from utils.runner import build_agent
+    from utils.snapshot import load_snapshot
 
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     torch.manual_seed(seed)  # acting samples the latent state
@@ -97,8 +98,7 @@ def posture(run_dir: Path, episodes: int, seed: int) -> dict[str, float]:
     assert abs(first["observation"][HEIGHT_INDEX] - env.physics.torso_height()) < 1e-4, "walker observation layout"
     agent = build_agent(cfg, env.obs_shape, env.action_dim, torch.device("cpu"))
     agent.finetune_mode()
-    agent.load_snapshot_state(torch.load(run_dir / "finetuned_snapshot.pt", map_location="cpu",
-                                         weights_only=True)["agent"])
+    agent.load_snapshot_state(load_snapshot(run_dir / "finetuned_snapshot.pt")["agent"])
     heights, uprights, returns = [], [], []
     for _ in range(episodes):
         time_step, state, total, trace = env.reset(), None, 0.0, []
