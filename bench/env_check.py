@@ -37,19 +37,30 @@ SPEC_RANDOM_RETURNS = {
 
 def random_episode(task: str, action_repeat: int, exorl: bool) -> tuple[float, float]:
     """Return of one random-policy episode and its agent steps per second."""
-    env = envs.make(task, "states", action_repeat, SEED, exorl=exorl)
-    rng = np.random.default_rng(SEED)
-    total = 0.0
-    steps = 0
-    record = env.reset()
-    start = time.perf_counter()
-    while not record["is_last"]:
-        record = env.step(rng.uniform(-1.0, 1.0, env.action_dim).astype(np.float32))
-        total += record["reward"]
-        steps += 1
-    elapsed = time.perf_counter() - start
+    returns, steps_per_second = random_returns(task, action_repeat, episodes=1, seed=SEED, exorl=exorl)
+    return returns[0], steps_per_second
+
+
+def random_returns(task: str, action_repeat: int, episodes: int, seed: int,
+                   exorl: bool = False) -> tuple[list[float], float]:
+    """Returns of ``episodes`` consecutive random-policy episodes (actions uniform in [-1, 1]) on one
+    environment seeded with ``seed``, and the agent steps per second over their steps (resets not timed)."""
+    env = envs.make(task, "states", action_repeat, seed, exorl=exorl)
+    rng = np.random.default_rng(seed)
+    returns = []
+    steps, elapsed = 0, 0.0
+    for _ in range(episodes):
+        total = 0.0
+        record = env.reset()
+        start = time.perf_counter()
+        while not record["is_last"]:
+            record = env.step(rng.uniform(-1.0, 1.0, env.action_dim).astype(np.float32))
+            total += record["reward"]
+            steps += 1
+        elapsed += time.perf_counter() - start
+        returns.append(total)
     env.close()
-    return total, steps / elapsed
+    return returns, steps / elapsed
 
 
 def pixel_steps_per_second(task: str, exorl: bool) -> float:

@@ -29,6 +29,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from env_check import random_returns  # noqa: E402  (bench/, beside this script)
 
 
 def run(script: str, args: list[str], cwd: Path) -> float:
@@ -44,24 +47,6 @@ def read_csv(path: Path) -> list[dict[str, float]]:
         return []
     with path.open() as handle:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
-
-
-def random_policy_return(task: str, action_repeat: int, episodes: int, seed: int) -> tuple[float, float]:
-    """Mean and standard deviation of the episode return of uniformly random actions."""
-    sys.path.insert(0, str(REPO))
-    from envs import make
-
-    env = make(task, "states", action_repeat, seed=seed)
-    rng = np.random.default_rng(seed)
-    returns = []
-    for _ in range(episodes):
-        time_step, total = env.reset(), 0.0
-        while not time_step["is_last"]:
-            time_step = env.step(rng.uniform(-1.0, 1.0, env.action_dim).astype(np.float32))
-            total += float(time_step["reward"])
-        returns.append(total)
-    env.close()
-    return float(np.mean(returns)), float(np.std(returns))
 
 
 # dm_control's walker observation is orientations (14 values), torso height, velocities.
@@ -80,18 +65,15 @@ def torso_coverage(buffer: Path, threshold: float = 0.9) -> dict[str, float]:
             "mean_height": round(float(heights.mean()), 3)}
 
 
-def posture(run_dir: Path, episodes: int, seed: int) -> dict[str, float]:
-    """Torso height and uprightness of the fine-tuned policy (eval mode) over the second half of
-    ``episodes`` walker_stand episodes, and their returns."""
-    sys.path.insert(0, str(REPO))
+def posture(cfg, run_dir: Path, episodes: int, seed: int) -> dict[str, float]:
+    """Torso height and uprightness of the fine-tuned policy of ``run_dir`` (run config ``cfg``, eval
+    mode) over the second half of ``episodes`` walker_stand episodes, and their returns."""
     import torch
-    from omegaconf import OmegaConf
 
     from envs import make
     from utils.runner import build_agent
     from utils.snapshot import load_snapshot
 
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     torch.manual_seed(seed)  # acting samples the latent state
     env = make("walker_stand", "states", cfg.action_repeat, seed=seed)
     first = env.reset()
@@ -164,21 +146,26 @@ def main() -> None:
 
 
 def report(args: argparse.Namespace, out: Path, pretrain_dir: Path, finetune_dir: Path, walls: dict) -> None:
+    """Random baseline, eval curve, posture and torso coverage of the runs in ``out``: printed, in
+    ``learning.json`` and drawn in ``learning.png``."""
     from omegaconf import OmegaConf
 
-    action_repeat = OmegaConf.load(finetune_dir / ".hydra" / "config.yaml").action_repeat
-    random_mean, random_std = random_policy_return("walker_stand", action_repeat, args.random_episodes,
-                                                   seed=1000 + args.seed)
+    # What the run did comes from its own config, so --report-only needs none of the run's flags.
+    cfg = OmegaConf.load(finetune_dir / ".hydra" / "config.yaml")
+    pretrain_frames, finetune_frames = int(cfg.snapshot_ts), int(cfg.num_train_frames) // 1000 * 1000
+    random_episode_returns, _ = random_returns("walker_stand", cfg.action_repeat, args.random_episodes,
+                                               seed=1000 + cfg.seed)
+    random_mean, random_std = float(np.mean(random_episode_returns)), float(np.std(random_episode_returns))
     evals = read_csv(finetune_dir / "eval.csv")
     curve = [(int(row["frame"]), row["episode_reward"]) for row in evals]
-    held = posture(finetune_dir, args.posture_episodes, seed=2000 + args.seed) \
+    held = posture(cfg, finetune_dir, args.posture_episodes, seed=2000 + cfg.seed) \
         if (finetune_dir / "finetuned_snapshot.pt").exists() else {}
     coverage = {name: torso_coverage(run_dir / "buffer") for name, run_dir in
                 (("pretraining", pretrain_dir), ("fine-tuning", finetune_dir))}
     result = {
-        "pretrain_frames": args.pretrain_frames, "finetune_frames": args.finetune_frames,
-        "configs": args.configs, "train_every": args.train_every, "extra": args.extra,
-        "finetune_extra": args.finetune_extra,
+        "pretrain_frames": pretrain_frames, "finetune_frames": finetune_frames,
+        "action_repeat": int(cfg.action_repeat), "train_every": int(cfg.train_every_actions),
+        "finetune_overrides": list(OmegaConf.load(finetune_dir / ".hydra" / "overrides.yaml")),
         "random_return": round(random_mean, 1), "random_return_std": round(random_std, 1), **walls,
         "pretrain_episode_returns": [row["episode_reward"] for row in read_csv(pretrain_dir / "train.csv")],
         "finetune_eval_curve": curve,
@@ -190,8 +177,8 @@ def report(args: argparse.Namespace, out: Path, pretrain_dir: Path, finetune_dir
 
     print(f"random policy on walker_stand: {random_mean:.1f} +- {random_std:.1f} ({args.random_episodes} episodes)")
     if walls:
-        print(f"pre-training {args.pretrain_frames} frames: {walls['pretrain_wall_s'] / 60:.1f} min; "
-              f"fine-tuning {args.finetune_frames} frames: {walls['finetune_wall_s'] / 60:.1f} min")
+        print(f"pre-training {pretrain_frames} frames: {walls['pretrain_wall_s'] / 60:.1f} min; "
+              f"fine-tuning {finetune_frames} frames: {walls['finetune_wall_s'] / 60:.1f} min")
     for frame, value in curve:
         print(f"  walker_stand eval at {frame:>6} fine-tuning frames: {value:8.1f} ({value / random_mean:.2f}x random)")
     if held:
@@ -201,7 +188,7 @@ def report(args: argparse.Namespace, out: Path, pretrain_dir: Path, finetune_dir
         if share:
             print(f"{name} data past the initial drop: torso above 0.9 m in {share['share_above_0.9']:.1%} of "
                   f"{share['steps']} steps (mean height {share['mean_height']:.2f} m)")
-    plot(out, args.pretrain_frames, curve, result["finetune_train_returns"], random_mean, random_std)
+    plot(out, pretrain_frames, curve, result["finetune_train_returns"], random_mean, random_std)
 
 
 def plot(out: Path, pretrain_frames: int, curve: list, train_curve: list, random_mean: float,
