@@ -14,15 +14,15 @@ rendered from the current physics state.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from utils.errors import UserError
-from utils.snapshot import SnapshotError
+from hydra.core.hydra_config import HydraConfig
+
+from utils.errors import UserError, exit_with_one_line
 
 
 def output_dir(cfg: DictConfig, method: str) -> Path:
@@ -162,10 +162,7 @@ def collect(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path="configs", config_name="collect", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
-        collect(cfg)
-    except (UserError, SnapshotError) as error:
-        sys.exit(f"error: {error}")
+    exit_with_one_line(lambda: collect(cfg), HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":

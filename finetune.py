@@ -17,7 +17,8 @@ from utils.errors import exit_with_one_line
 @hydra.main(config_path="configs", config_name="finetune", version_base=None)
 def main(cfg: DictConfig) -> None:
     from utils.runner import OnlineRunner
-    exit_with_one_line(lambda: OnlineRunner(cfg, HydraConfig.get().runtime.output_dir, phase="finetune").train())
+    run_dir = HydraConfig.get().runtime.output_dir
+    exit_with_one_line(lambda: OnlineRunner(cfg, run_dir, phase="finetune").train(), run_dir)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from utils.errors import exit_with_one_line
 @hydra.main(config_path="configs", config_name="offline_train", version_base=None)
 def main(cfg: DictConfig) -> None:
     from utils.offline import OfflineRunner
-    exit_with_one_line(lambda: OfflineRunner(cfg, HydraConfig.get().runtime.output_dir).train())
+    run_dir = HydraConfig.get().runtime.output_dir
+    exit_with_one_line(lambda: OfflineRunner(cfg, run_dir).train(), run_dir)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import envs
 from conftest import REPO, TINY, compose_config
 from utils import exorl
 from utils.errors import UserError
-from utils.runner import OnlineRunner, build_agent
+from utils.runner import OnlineRunner, build_agent, plain
 from utils.snapshot import SnapshotError, save_snapshot
 
 # What finetune.py's OnlineRunner start-up and exit_with_one_line turn into one line.
@@ -69,6 +69,18 @@ def _other_sizes(path):
     """A real pre-training snapshot of an agent with a smaller RSSM than the run's config."""
     agent = build_agent(compose_config(TINY + ["rssm.deter=16"]), (24,), 6, torch.device("cpu"))
     save_snapshot({"agent": agent.snapshot_state(), "obs_type": "states", "domain": "walker"}, path)
+
+
+def run_checkpoint(*extra, phase="pretrain", keep_config=True):
+    """Writes <tmp>/run/checkpoint.pt: a real agent's checkpoint made under TINY + ``extra``."""
+    def write(tmp):
+        cfg = compose_config(TINY + list(extra))
+        agent = build_agent(cfg, (24,), 6, torch.device("cpu"))
+        payload = {"agent": agent.snapshot_state(), "phase": phase, "obs_type": "states", "domain": "walker"}
+        if keep_config:
+            payload["config"] = plain(cfg)
+        save_snapshot(payload, tmp / "run" / "checkpoint.pt")
+    return write
 
 
 def _other_snapshot_only(tmp):
@@ -130,6 +142,16 @@ CASES = [
                                              "walker_stand has fixed goals", "goals_file=null"],
          write=goals(goal_sets(2, 2)), overrides=["task=walker_stand", "goals_file=goals.json"]),
     # -- fine-tuning snapshots (custom_snap_dir={tmp}/snaps, seed=1, snapshot_ts=100)
+    case("checkpoint", "other network sizes", ["{tmp}/run/checkpoint.pt was made with other settings",
+                                                "rssm.deter: 16 -> 32", "another hydra.run.dir"],
+         write=run_checkpoint("rssm.deter=16")),
+    case("checkpoint", "other seed and batch", ["batch_size: 8 -> 4", "seed: 2 -> 1", "rerun with the checkpoint's"],
+         write=run_checkpoint("seed=2", "batch_size=8")),
+    case("checkpoint", "other sizes, no config saved", ["{tmp}/run/checkpoint.pt does not fit this run's agent",
+                                                        "another hydra.run.dir"],
+         write=run_checkpoint("rssm.deter=16", keep_config=False)),
+    case("checkpoint", "other phase", ["the checkpoint in {tmp}/run is from finetune, not pretrain"],
+         write=run_checkpoint(phase="finetune")),
     case("snapshot", "missing", [f"snapshot not found: {SNAPSHOT}", "snapshot_ts values there: 300",
                                  "snapshot_ts=0 trains from scratch"], write=_other_snapshot_only),
     case("snapshot", "truncated", [f"snapshot {SNAPSHOT} is corrupt or truncated"], write=snapshot(_truncated)),
@@ -226,6 +248,8 @@ def test_bad_input_gives_one_line_naming_it(tmp_path, monkeypatch, capsys, reque
             cfg = compose_config(TINY + [f"custom_snap_dir={tmp_path / 'snaps'}", "seed=1", "snapshot_ts=100",
                                          "task=walker_stand", *overrides], "finetune")
             OnlineRunner(cfg, tmp_path / "run", phase="finetune")
+        elif kind == "checkpoint":  # a rerun of pre-training in a run folder that holds this checkpoint
+            OnlineRunner(compose_config(TINY + overrides), tmp_path / "run")
         elif kind == "dataset":
             exorl.load_dataset(tmp_path / "buffer", request.getfixturevalue("walker_env"), task="walker_stand",
                                progress=False)
@@ -238,7 +262,7 @@ def test_bad_input_gives_one_line_naming_it(tmp_path, monkeypatch, capsys, reque
 
 def test_table_spans_all_kinds_with_enough_cases():
     kinds = [param.values[0] for param in CASES]
-    assert {"config", "snapshot", "dataset", "goals"} <= set(kinds)
+    assert {"config", "snapshot", "dataset", "goals", "checkpoint"} <= set(kinds)
     assert len(kinds) >= 15 and all(kinds.count(kind) >= 3 for kind in set(kinds))
 
 

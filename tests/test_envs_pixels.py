@@ -3,6 +3,7 @@
 Rendering is software EGL here (tens of frames per second), so every test renders only a few images.
 """
 
+import ctypes.util
 import os
 import pathlib
 import subprocess
@@ -24,20 +25,30 @@ def assert_image(image, size=64):
     assert len(np.unique(image)) > 20
 
 
+def run_child(code: str, environment: dict) -> str:
+    """Run ``code`` in a fresh interpreter; on failure the child's own error is shown."""
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=environment, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, f"child exited {result.returncode}:\n{result.stderr[-3000:]}"
+    return result.stdout.strip()
+
+
 def test_mujoco_gl_defaults_to_egl_without_display():
     # PYOPENGL_PLATFORM is set by MuJoCo in this process and must not leak into the child.
     unset = ("MUJOCO_GL", "DISPLAY", "PYOPENGL_PLATFORM")
     environment = {key: value for key, value in os.environ.items() if key not in unset}
     code = "import os, envs; print(os.environ['MUJOCO_GL'])"
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, env=environment, capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "egl"
+    assert run_child(code, environment) == "egl"
+
+
+def test_mujoco_gl_chosen_by_the_user_is_kept():
+    # Any explicit choice must survive `import envs`; OSMesa is the one other headless backend.
+    if ctypes.util.find_library("OSMesa") is None:
+        pytest.skip("libOSMesa is not installed (apt-get install libosmesa6): MUJOCO_GL=osmesa cannot load")
+    unset = ("DISPLAY", "PYOPENGL_PLATFORM")
+    environment = {key: value for key, value in os.environ.items() if key not in unset}
     environment["MUJOCO_GL"] = "osmesa"
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, env=environment, capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "osmesa"
+    assert run_child("import os, envs; print(os.environ['MUJOCO_GL'])", environment) == "osmesa"
 
 
 def test_walker_pixels_follow_the_state():

@@ -175,6 +175,8 @@ def test_finetune_script_runs_and_saves_finetuned_snapshot(tiny_config, tmp_path
                      result.stdout, re.M), result.stdout
     payload = torch.load(tmp_path / "run" / "finetuned_snapshot.pt", weights_only=True)
     assert payload["agent"]["phase"] == "finetune" and payload["updates"] == 10
+    # The run ends by saying where its snapshot went.
+    assert f"  snapshots:   {tmp_path / 'run' / 'finetuned_snapshot.pt'}" in result.stdout.splitlines(), result.stdout
 
 
 @pytest.mark.parametrize("task, extra", [("jaco_reach_top_left", []),
@@ -196,3 +198,7 @@ def test_zero_shot_goal_evaluation_logs_success_rates(tiny_config, tmp_path, tas
     values = dict(zip(header.split(","), row.split(",")))
     assert 0.0 <= float(values["success_rate"]) <= 1.0
     assert 0.0 <= float(values["goal_success_rate"]) <= 1.0
+    # The console line carries both rates too, as written to eval.csv.
+    line = next(line for line in result.stdout.splitlines() if line.startswith("| eval |"))
+    assert line.endswith(f" | success_rate: {float(values['success_rate']):.4f}"
+                         f" | goal_success_rate: {float(values['goal_success_rate']):.4f}"), line

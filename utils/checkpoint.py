@@ -14,6 +14,17 @@ from utils.errors import UserError
 from utils.snapshot import load_snapshot, save_snapshot
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# Settings a rerun in the same run folder may change: budgets, logging, evaluation, output places and
+# how fast (not what) the run computes. Any other difference from the checkpoint's config changes the
+# networks or the algorithm, and resuming under it is refused.
+MAY_CHANGE_ON_RESUME = frozenset({
+    "num_train_frames", "num_train_updates", "snapshots", "log_every_frames", "log_every_updates",
+    "eval_every_frames", "eval_every_updates", "num_eval_episodes", "mw_eval_episodes", "use_tb", "use_wandb",
+    "progress", "progress_every_s", "checkpoint_every_min", "resume", "device", "threads", "concurrent_runs",
+    "save_video", "recon_every_frames", "snapshot_base_dir", "save_ft_model", "experiment", "project_name",
+    "prefetch_batches", "compile", "cuda_graphs", "mode", "low_memory", "goal_skill", "goal_steps", "pixels_dir",
+    "on_bad_file", "agent.knn_chunk_elements",
+})
 
 
 def global_rng_state() -> dict:
@@ -58,15 +69,48 @@ def checkpoint_to_resume(run_dir: Path, mode: str) -> Path | None:
     return path
 
 
-def open_checkpoint(run_dir: Path, mode: str, phase: str, device) -> tuple[Path, dict] | None:
+def flatten(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def setting_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """``key: old -> new`` for every setting that differs, split into (refused, allowed) on resume."""
+    old, new = flatten(saved), flatten(current)
+    missing = "<unset>"
+    refused, allowed = [], []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key, missing) != new.get(key, missing):
+            change = f"{key}: {old.get(key, missing)} -> {new.get(key, missing)}"
+            (allowed if key in MAY_CHANGE_ON_RESUME else refused).append(change)
+    return refused, allowed
+
+
+def open_checkpoint(run_dir: Path, mode: str, phase: str, device, config: dict | None = None
+                    ) -> tuple[Path, dict] | None:
     """The run folder's checkpoint and its payload when there is one to continue (``resume=auto``);
-    a checkpoint of another phase (pretrain, finetune, offline) is refused, never mixed in."""
+    a checkpoint of another phase (pretrain, finetune, offline) is refused, never mixed in, and so is
+    one made under settings that change the networks or the algorithm (``config``: this run's)."""
     path = checkpoint_to_resume(run_dir, mode)
     if path is None:
         return None
     payload = load_snapshot(path, map_location=device)
     if payload.get("phase") != phase:
         raise UserError(f"the checkpoint in {run_dir} is from {payload.get('phase')}, not {phase}")
+    if config is not None and isinstance(payload.get("config"), dict):
+        refused, allowed = setting_changes(payload["config"], config)
+        if refused:
+            shown = "; ".join(refused[:6]) + (f"; and {len(refused) - 6} more" if len(refused) > 6 else "")
+            raise UserError(f"{path} was made with other settings, which change the networks or the algorithm "
+                            f"({shown}): rerun with the checkpoint's settings to continue it, or start a new run "
+                            f"in another hydra.run.dir (resume=never refuses folders that hold a checkpoint)")
+        if allowed:
+            print(f"resuming with changed settings: {'; '.join(allowed)}", flush=True)
     return path, payload
 
 

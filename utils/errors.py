@@ -1,7 +1,9 @@
 """Errors a user should see as one line, and the scripts' way of showing them."""
 from __future__ import annotations
 
+import shutil
 import sys
+from pathlib import Path
 from typing import Callable
 
 
@@ -13,11 +15,35 @@ class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the message names the step and the loss."""
 
 
-def exit_with_one_line(run: Callable[[], None]) -> None:
+def exit_with_one_line(run: Callable[[], None], run_dir: str | Path | None = None) -> None:
     """Run a script body; user mistakes, divergence and I/O failures (a full disk, say) end it with
-    one ``error: ...`` line and a non-zero exit instead of a traceback."""
+    one ``error: ...`` line and a non-zero exit instead of a traceback. A run folder that holds
+    nothing but what Hydra put there (a run stopped by a bad setting) is removed."""
     from utils.snapshot import SnapshotError
     try:
         run()
     except (UserError, SnapshotError, TrainingDiverged, OSError) as error:
+        if run_dir is not None:
+            remove_if_untouched(Path(run_dir))
         sys.exit(f"error: {error}")
+
+
+def remove_if_untouched(run_dir: Path) -> bool:
+    """Remove ``run_dir`` if it holds only Hydra's ``.hydra/`` and ``*.log`` files, then the folders
+    above it that this leaves empty, up to (not including) the working directory: ``exp_local/<date>/``
+    of a first run. Returns whether ``run_dir`` was removed."""
+    run_dir = run_dir.resolve()
+    if not run_dir.is_dir():
+        return False
+    if any(entry.name != ".hydra" and entry.suffix != ".log" for entry in run_dir.iterdir()):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    here = Path.cwd().resolve()
+    for parent in run_dir.parents:
+        if parent == here or here not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # only succeeds when empty
+        except OSError:
+            break
+    return True

@@ -23,6 +23,9 @@ CONSOLE_FIELDS = {
     "eval": [("frame", "F", "int"), ("step", "S", "int"), ("episode", "E", "int"), ("episode_length", "L", "int"),
              ("episode_reward", "R", "float"), ("total_time", "T", "time")],
 }
+# Printed after the original's fields, and only when the line has them: zero-shot and Meta-World
+# evaluations report success rates, which the original's format has no field for.
+CONSOLE_EXTRAS = {"train": [], "eval": ["success_rate", "goal_success_rate"]}
 COLOURS = {"train": "33", "eval": "32"}
 
 
@@ -37,6 +40,7 @@ def format_console_line(ty: str, values: dict[str, float], colour: bool = False)
         else:
             text = str(datetime.timedelta(seconds=int(value)))
         parts.append(f"{short}: {text}")
+    parts += [f"{key}: {values[key]:.4f}" for key in CONSOLE_EXTRAS[ty] if key in values]
     prefix = f"\033[{COLOURS[ty]}m{ty}\033[0m" if colour else ty
     return f"| {prefix} | " + " | ".join(parts)
 

@@ -22,11 +22,14 @@ from utils import exorl
 from utils.device import resolve_device
 from utils.errors import UserError
 from utils.logger import Logger
+from utils.progress import Progress
 from utils.replay import EpisodeReplay
 from utils.checkpoint import open_checkpoint, set_global_rng_state, write_checkpoint
-from utils.runner import build_agent, check_config, check_finite, plain, prefetch_batches
+from utils.runner import build_agent, check_config, check_finite, load_agent_state, plain, prefetch_batches
 from utils.seeding import seed_everything
 from utils.snapshot import save_snapshot
+from utils.summary import print_summary
+from utils.threads import ThreadShare
 
 EVAL_KEYS = ("model_loss", "observation_loss", "kl_loss", "reward_loss", "model_kl")
 
@@ -92,6 +95,7 @@ class OfflineRunner:
             self.device = resolve_device(cfg.device)
         except ValueError as error:
             raise UserError(str(error)) from error
+        self.threads = ThreadShare(cfg.threads, cfg.concurrent_runs)
         seed_everything(cfg.seed)
         self.task = cfg.task or envs.primal_task(cfg.domain)
         # A states env at the dataset's own step (action repeat 1), ExORL's Jaco variant: it gives
@@ -152,14 +156,14 @@ class OfflineRunner:
     # ------------------------------------------------------------------------------------ resuming
     def maybe_resume(self) -> dict | None:
         """Continue from the run folder's checkpoint (resume=auto), or refuse to touch it (never)."""
-        found = open_checkpoint(self.run_dir, self.cfg.get("resume", "auto"), "offline", self.device)
+        found = open_checkpoint(self.run_dir, self.cfg.get("resume", "auto"), "offline", self.device, plain(self.cfg))
         if found is None:
             return None
         path, payload = found
         if payload.get("dataset_dir") != str(self.dataset_dir):
             raise UserError(f"the checkpoint in {self.run_dir} trained on {payload.get('dataset_dir')}, not "
                             f"{self.dataset_dir}; use another hydra.run.dir")
-        self.agent.load_snapshot_state(payload["agent"])
+        load_agent_state(self.agent, payload["agent"], path)
         self.replay.set_rng_state(payload["replay_rng"])
         self.updates = payload["updates"]
         self.elapsed_before = payload["total_time"]
@@ -176,6 +180,7 @@ class OfflineRunner:
     # ---------------------------------------------------------------------------------------- loop
     def train(self) -> None:
         cfg, agent = self.cfg, self.agent
+        self.threads.register()
         checkpoint_every_s = 60 * cfg.get("checkpoint_every_min", 10)
         pending = sorted({int(s) for s in cfg.snapshots if int(s) > self.updates})
         beyond = [s for s in pending if s > cfg.num_train_updates]
@@ -184,9 +189,15 @@ class OfflineRunner:
         if self.eval_replay is not None and self.updates % cfg.eval_every_updates == 0:
             self.evaluate()
         last_dump = time.time()
+        show = cfg.progress
+        progress = Progress(cfg.num_train_updates, unit="update", desc="offline", initial=self.updates,
+                            enabled=None if show == "auto" else bool(show), every_s=cfg.progress_every_s)
+        self.logger.echo = progress.write
+        written = []
         while self.updates < cfg.num_train_updates:
             metrics = agent.update_offline(self.replay.sample())
             self.updates += 1
+            progress.update(1, updates=self.updates)
             check_finite(metrics, self.updates, self.frame)
             if self.updates % cfg.log_every_updates == 0:
                 elapsed, last_dump = time.time() - last_dump, time.time()
@@ -197,17 +208,22 @@ class OfflineRunner:
                     "episode": 0, "buffer_size": len(self.replay), "step": self.updates,
                 }, self.frame, "train")
                 self.logger.dump(self.frame, "train")
+                self.threads.rebalance()
             if self.eval_replay is not None and self.updates % cfg.eval_every_updates == 0:
                 self.evaluate()
             snapshot_written = False
             while pending and self.updates >= pending[0]:
-                self.save_snapshot(pending.pop(0))
+                written.append(self.save_snapshot(pending.pop(0)))
                 snapshot_written = True
             if snapshot_written or time.time() - self.last_checkpoint >= checkpoint_every_s:
                 self.save_checkpoint()
         # A finished run re-launched in the same folder resumes here and stops at once.
         self.save_checkpoint()
+        progress.close()
         self.logger.close()
+        self.threads.close()
+        print_summary(self.run_dir, f"{self.updates} updates", self.total_time(), written, cfg.use_tb,
+                      self.threads.describe())
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

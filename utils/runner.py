@@ -26,6 +26,8 @@ from utils.replay import EpisodeReplay
 from utils.seeding import seed_everything
 from utils.checkpoint import open_checkpoint, set_global_rng_state, write_checkpoint
 from utils.snapshot import load_snapshot, save_snapshot
+from utils.summary import print_summary
+from utils.threads import ThreadShare
 from utils.video import VideoRecorder
 
 
@@ -157,6 +159,16 @@ def load_pretrained(cfg: DictConfig, domain: str) -> dict:
     return payload
 
 
+def load_agent_state(agent, state: dict, path: Path) -> None:
+    """A checkpoint's agent state; one that does not fit this agent's networks is one line, not a traceback."""
+    try:
+        agent.load_snapshot_state(state)
+    except (RuntimeError, KeyError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path} does not fit this run's agent ({first}); start a new run in another "
+                        f"hydra.run.dir") from error
+
+
 def check_finite(metrics: dict, step: int, frame: int) -> None:
     """Stop on a non-finite loss instead of training on silently (one host sync per update)."""
     names = [key for key in metrics if key.endswith("_loss")]
@@ -176,6 +188,7 @@ class OnlineRunner:
         self.phase = phase
         self.run_dir = Path(run_dir)
         self.device = resolve_device(cfg.device)
+        self.threads = ThreadShare(cfg.threads, cfg.concurrent_runs)
         seed_everything(cfg.seed)
         self.task = resolve_task(cfg)
         self.domain = envs.domain_of(self.task)
@@ -199,6 +212,8 @@ class OnlineRunner:
         self.snapshot_dir = Path(hydra.utils.to_absolute_path(cfg.snapshot_base_dir)) / cfg.obs_type / self.domain \
             / cfg.agent.name / str(cfg.seed)
         self.step = self.episode = self.updates = self.eval_resets = 0
+        self.snapshots_written: list[Path] = []
+        self.checkpointed_at = None
         self.log_due = False
         self.elapsed_before = 0.0
         self.start_time = time.time()
@@ -212,7 +227,7 @@ class OnlineRunner:
                              resume_frame=self.frame if resumed else None)
         show = cfg.get("progress", "auto")
         self.progress = Progress(cfg.num_train_frames, unit="frame", desc=phase, initial=self.frame,
-                                 enabled=None if show == "auto" else bool(show))
+                                 enabled=None if show == "auto" else bool(show), every_s=cfg.progress_every_s)
         self.logger.echo = self.progress.write
         self.video = VideoRecorder(self.run_dir / "eval_video" if cfg.get("save_video") else None, fps=20)
 
@@ -226,11 +241,11 @@ class OnlineRunner:
     # ------------------------------------------------------------------------------------ resuming
     def maybe_resume(self) -> dict | None:
         """Continue from the run folder's checkpoint (resume=auto), or refuse to touch it (never)."""
-        found = open_checkpoint(self.run_dir, self.cfg.get("resume", "auto"), self.phase, self.device)
+        found = open_checkpoint(self.run_dir, self.cfg.get("resume", "auto"), self.phase, self.device, plain(self.cfg))
         if found is None:
             return None
         path, payload = found
-        self.agent.load_snapshot_state(payload["agent"])
+        load_agent_state(self.agent, payload["agent"], path)
         self.replay.load_state(payload["replay"])
         self.action_rng.bit_generator.state = payload["action_rng"]
         self.step, self.episode, self.updates = payload["global_step"], payload["global_episode"], payload["updates"]
@@ -255,6 +270,7 @@ class OnlineRunner:
                        eval_resets=self.eval_resets, log_due=self.log_due)
         write_checkpoint(self.run_dir, payload, self.phase, self.total_time(), self.logger.wandb)
         self.last_checkpoint = time.time()
+        self.checkpointed_at = self.step
 
     def store(self, time_step: dict) -> None:
         extra = {"physics": self.train_env.physics_state()} if self.cfg.get("save_dataset") else None
@@ -263,6 +279,7 @@ class OnlineRunner:
     # ---------------------------------------------------------------------------------------- loop
     def train(self) -> None:
         cfg, agent, env = self.cfg, self.agent, self.train_env
+        self.threads.register()
         repeat = cfg.action_repeat
         train_until = cfg.num_train_frames // repeat
         seed_until = cfg.num_seed_frames // repeat
@@ -287,18 +304,6 @@ class OnlineRunner:
         last_dump = time.time()
         while self.step < train_until:
             if time_step["is_last"]:
-                self.episode += 1
-                elapsed = time.time() - last_dump
-                last_dump = time.time()
-                self.logger.log_metrics({
-                    "fps": episode_step * repeat / max(elapsed, 1e-9), "total_time": self.total_time(),
-                    "episode_reward": episode_reward, "episode_length": episode_step * repeat,
-                    "episode": self.episode, "buffer_size": len(self.replay), "step": self.step,
-                }, self.frame, "train")
-                self.logger.dump(self.frame, "train")
-                if snapshot_written or time.time() - self.last_checkpoint >= checkpoint_every_s:
-                    self.save_checkpoint()
-                    snapshot_written = False
                 time_step, state, meta, episode_reward, episode_step = begin_episode()
 
             if (self.step > 0 and self.step % eval_every == 0) or (self.step == 0 and eval_at_start):
@@ -332,18 +337,37 @@ class OnlineRunner:
             episode_step += 1
             self.store(time_step)
             self.step += 1
-            self.progress.update(repeat)
+            self.progress.update(repeat, updates=self.updates)
             if not time_step["is_last"]:
                 meta = agent.update_meta(meta, self.step)
             while pending and self.frame >= pending[0]:
-                self.save_snapshot(pending.pop(0))
+                self.snapshots_written.append(self.save_snapshot(pending.pop(0)))
                 snapshot_written = True
+            if time_step["is_last"]:
+                # Logged here, not when the next episode begins, so the run's last episode is logged too.
+                self.episode += 1
+                elapsed, last_dump = time.time() - last_dump, time.time()
+                self.logger.log_metrics({
+                    "fps": episode_step * repeat / max(elapsed, 1e-9), "total_time": self.total_time(),
+                    "episode_reward": episode_reward, "episode_length": episode_step * repeat,
+                    "episode": self.episode, "buffer_size": len(self.replay), "step": self.step,
+                }, self.frame, "train")
+                self.logger.dump(self.frame, "train")
+                self.threads.rebalance()
+                if snapshot_written or time.time() - self.last_checkpoint >= checkpoint_every_s:
+                    self.save_checkpoint()
+                    snapshot_written = False
         if self.phase == "finetune" and cfg.get("save_ft_model"):
-            save_snapshot(self.snapshot_payload(), self.run_dir / "finetuned_snapshot.pt")
+            self.snapshots_written.append(save_snapshot(self.snapshot_payload(), self.run_dir / "finetuned_snapshot.pt"))
         # A finished run re-launched in the same folder resumes here and stops at once.
-        self.save_checkpoint()
+        if self.checkpointed_at != self.step:
+            self.save_checkpoint()
         self.progress.close()
         self.logger.close()
+        self.threads.close()
+        print_summary(self.run_dir, f"{self.frame} frames, {self.episode} episodes, {self.updates} updates",
+                      self.total_time(), self.snapshots_written, cfg.use_tb,
+                      self.threads.describe())
 
     # ---------------------------------------------------------------------------------- evaluation
     def eval_episodes(self) -> list[int | None]:
