@@ -1,4 +1,4 @@
-"""Collect a dataset in the ExORL layout (spec envs_and_data.md 6.2) for offline_train.py.
+"""Collect a dataset in the ExORL layout (docs/algorithm.md §11.7) for offline_train.py.
 
     python collect.py domain=walker episodes=100                                  # uniform random actions
     python collect.py domain=walker episodes=100 snapshot=./pretrained_models/states/walker/choreo/1/snapshot_2000000.pt

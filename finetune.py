@@ -1,5 +1,5 @@
 """Fine-tuning: adapt pre-trained skills to a task with the meta-controller, or evaluate them
-zero-shot on goal reaching (spec agent.md 9, 11.2, 11.3).
+zero-shot on goal reaching (docs/algorithm.md §8, §9, §10.4).
 
     python finetune.py configs=dmc_states agent=choreo task=walker_run snapshot_ts=2000000 seed=1
     python finetune.py configs=dmc_pixels task=jaco_reach_top_left snapshot_ts=2000000 num_train_frames=10 \

@@ -1,5 +1,5 @@
 """Offline pre-training from an ExORL-layout dataset: the world model, the VQ skill module and the
-skill actor-critic learn from fixed data, no exploration (spec agent.md 8.2, 11.4).
+skill actor-critic learn from fixed data, no exploration (docs/algorithm.md §10.2, §10.5).
 
     python offline_train.py configs=dmc_states agent=choreo dataset=exorl collection_method=rnd domain=walker seed=1
     python offline_train.py ... dataset_dir=$MYPATH/exorl/walker/rnd/buffer

@@ -1,5 +1,5 @@
 """Reward-free pre-training: the world model learns from LBS exploration while skills are
-discovered in imagination (spec agent.md 11.1).
+discovered in imagination (docs/algorithm.md §10.3).
 
     python pretrain.py configs=dmc_pixels agent=choreo domain=walker
 """

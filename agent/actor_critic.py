@@ -1,4 +1,4 @@
-"""Actor-critic trained in imagination (spec agent.md 5.5-5.7, 7.2).
+"""Actor-critic trained in imagination (docs/algorithm.md §5, §7.4).
 
 One class serves the exploration behaviour (input: the model feature) and the skill behaviour
 (input: concat(feature, skill one-hot)); ``cond_dim`` is the width of the conditioning vector.
@@ -24,8 +24,8 @@ RewardFn = Callable[[State, torch.Tensor], torch.Tensor]
 
 def train_critic(owner: nn.Module, inputs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
                  metrics: dict) -> UnitNormal:
-    """Critic step (spec 5.7) on detached inputs (H+1, N, D) towards lambda-returns (H, N);
-    ``owner`` holds critic, critic_opt and the low_memory flag."""
+    """Critic step (docs/algorithm.md §5.3) on detached inputs (H+1, N, D) towards lambda-returns
+    (H, N); ``owner`` holds critic, critic_opt and the low_memory flag."""
     with trainable(owner.critic):
         dist = UnitNormal(over_rows(lambda x: owner.critic(x).mean, inputs[:-1].detach(), owner.low_memory))
         critic_loss = -(dist.log_prob(target.detach().unsqueeze(-1)) * weight[:-1]).mean()

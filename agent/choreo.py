@@ -1,5 +1,5 @@
-"""The Choreographer agent (spec agent.md 1, 8, 10): world model, LBS exploration, VQ skills and
-the skill-conditioned actor-critic, with ``act`` for the environment loop and ``update`` for one
+"""The Choreographer agent (docs/algorithm.md §1, §8, §10): world model, LBS exploration, VQ skills
+and the skill-conditioned actor-critic, with ``act`` for the environment loop and ``update`` for one
 training step on a replay batch.
 """
 from __future__ import annotations
@@ -66,9 +66,9 @@ class ChoreoAgent(nn.Module):
         self.init_steps = num_init_frames // action_repeat
         self.freeze_skills = freeze_skills
         self.is_ft = False
-        # Fine-tuning gate (spec 15, O10): random skills and no behaviour learning until a training
-        # batch holds a reward above 1e-4. A tensor (saved with the agent), read on the host only
-        # until it is set: then the host copy answers and updates no longer wait on the device.
+        # Fine-tuning gate (docs/algorithm.md §8.3): random skills and no behaviour learning until a
+        # training batch holds a reward above 1e-4. A tensor (saved with the agent), read on the host
+        # only until it is set: then the host copy answers and updates no longer wait on the device.
         self.register_buffer("reward_seen", torch.zeros((), dtype=torch.bool))
         self._gate_open = False
 
@@ -85,7 +85,7 @@ class ChoreoAgent(nn.Module):
                                     cond_dim=skill_dim, prefix="skill_", **ac_common)
         self.to(self.device)
         self.apply_speed_mode()
-        # Every parameter stays frozen outside its own update (spec 8.3, last line).
+        # Every parameter stays frozen outside its own update (docs/algorithm.md §10.2).
         self.requires_grad_(False)
         self.prepare_graphs()
 
@@ -101,8 +101,8 @@ class ChoreoAgent(nn.Module):
 
     # --------------------------------------------------------------------------------- fine-tuning
     def finetune_mode(self) -> None:
-        """Switch to the fine-tuning phase (spec 9.1): the exploration behaviour and LBS head make
-        way for the meta-controller, whose executor is the skill policy."""
+        """Switch to the fine-tuning phase (docs/algorithm.md §8.1): the exploration behaviour and LBS
+        head make way for the meta-controller, whose executor is the skill policy."""
         self.is_ft = True
         del self.expl_ac, self.lbs
         self.skill_ac.reward_norm = StreamNorm(momentum=1.0)
@@ -140,7 +140,7 @@ class ChoreoAgent(nn.Module):
 
     def init_from(self, pretrained: dict[str, torch.Tensor]) -> None:
         """Copy the pre-trained world model (RSSM, encoder, decoder), skill module (VQ encoder,
-        decoder, codebook) and skill policy from a pre-training state dict (spec 9.2)."""
+        decoder, codebook) and skill policy from a pre-training state dict (docs/algorithm.md §8.1)."""
         prefixes = ("wm.rssm.", "wm.encoder.", "wm.decoder.", "skill_module.encoder.", "skill_module.decoder.",
                     "skill_ac.actor.")
         copied = {key: value for key, value in pretrained.items()
@@ -190,7 +190,8 @@ class ChoreoAgent(nn.Module):
     @torch.no_grad()
     def act(self, time_step: dict, meta: np.ndarray, step: int, eval_mode: bool,
             state: LatentState | None) -> tuple[np.ndarray, LatentState]:
-        """An action for the current phase (spec 10): a sample, or the mean when evaluating.
+        """An action for the current phase (docs/algorithm.md §10.1): a sample, or the mean when
+        evaluating.
 
         Pre-training: the exploration actor. Fine-tuning: the skill policy on ``meta`` (a random
         skill) until ``num_init_frames`` have passed and a reward was seen, then on the skill the
@@ -223,9 +224,9 @@ class ChoreoAgent(nn.Module):
     @torch.no_grad()
     def skill_for_goal(self, goal_observation: np.ndarray, goal_steps: int, mode: str, time_step: dict
                        ) -> np.ndarray:
-        """One-hot skill for reaching a goal (decision 8). ``nearest``: the skill whose decoded code is
-        nearest the goal's deterministic state; ``imagine``: the skill whose imagined rollout from
-        the current observation ends nearest it."""
+        """One-hot skill for reaching a goal (docs/decisions.md D8). ``nearest``: the skill whose
+        decoded code is nearest the goal's deterministic state; ``imagine``: the skill whose imagined
+        rollout from the current observation ends nearest it."""
         goal = self.goal_latent(goal_observation, goal_steps)
         skills = torch.eye(self.skill_dim, device=self.device)
         if mode == "nearest":
@@ -290,8 +291,8 @@ class ChoreoAgent(nn.Module):
         return one_hot(index, torch.empty(count, self.skill_dim, device=self.device))
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One training step: pre-training (spec 8.1: world model, LBS head, exploration AC, VQ,
-        skill AC) or, after ``finetune_mode``, fine-tuning."""
+        """One training step: pre-training (docs/algorithm.md §10.2: world model, LBS head,
+        exploration AC, VQ, skill AC) or, after ``finetune_mode``, fine-tuning."""
         if self.is_ft:
             return self.update_finetune(batch)
         post, kl, metrics = self.update_world_model(batch)
@@ -303,7 +304,8 @@ class ChoreoAgent(nn.Module):
         return metrics
 
     def update_finetune(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One fine-tuning step (spec 8.3): world model, then the meta-controller once a reward was seen."""
+        """One fine-tuning step (docs/algorithm.md §10.2): world model, then the meta-controller once a
+        reward was seen."""
         post, _, metrics = self.update_world_model(batch)
         if not self._gate_open:
             self.reward_seen |= (batch["reward"] > 1e-4).any()
@@ -318,7 +320,8 @@ class ChoreoAgent(nn.Module):
             return self.meta.update_step(self.wm.rssm, start, self.imag_horizon, self.wm.reward_head)
 
     def update_offline(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One offline pre-training step (spec 8.2): world model, VQ, skill AC; no exploration."""
+        """One offline pre-training step (docs/algorithm.md §10.2): world model, VQ, skill AC; no
+        exploration."""
         post, _, metrics = self.update_world_model(batch)
         start = self.imagination_starts(post)
         metrics.update(self.update_skill_module(start))

@@ -1,9 +1,9 @@
-"""Exploration signals (spec agent.md 6, 7.3).
+"""Exploration signals (docs/algorithm.md §6, §7.5).
 
 * ``LBSHead``: predicts the per-step latent Bayesian surprise KL(post || prior) from the model
   feature; its prediction on imagined states is the exploration reward.
 * ``particle_entropy_reward``: the APT-style k-nearest-neighbour entropy reward over imagined
-  deterministic states, computed in row chunks so memory stays bounded (decision 5).
+  deterministic states, computed in row chunks so memory stays bounded (docs/decisions.md D5).
   ``fused=True`` (the fast mode) gets each chunk of distances from one matrix product and keeps
   chunks small enough to stay in cache; ``fused=False`` is the plain version kept for comparison.
 """

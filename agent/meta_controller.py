@@ -1,4 +1,4 @@
-"""Meta-controller for fine-tuning (spec agent.md 9.3): a categorical policy over the skills
+"""Meta-controller for fine-tuning (docs/algorithm.md §8.2): a categorical policy over the skills
 ("selector") trained with REINFORCE against the target critic, and the skill policy ("executor")
 fine-tuned by backpropagating the imagined task return through the world model.
 

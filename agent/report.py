@@ -1,4 +1,4 @@
-"""Open-loop prediction videos of the world model and the skill module (spec agent.md 13, "Videos").
+"""Open-loop prediction videos of the world model and the skill module (docs/algorithm.md §10.8).
 
 ``openloop_video(agent, batch)`` returns one uint8 video (T, 3, 3*H, N*W) whose rows are
 

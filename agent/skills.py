@@ -1,5 +1,5 @@
 """Skill module: a VQ-VAE with an EMA codebook over the world model's deterministic state
-(spec agent.md 7.1), and the code reward that pulls a skill towards its code (7.3).
+(docs/algorithm.md §7.1-§7.3), and the code reward that pulls a skill towards its code (§7.5).
 
 Codebook layout: ``codebook`` is (code_dim, skills); column j is code j.
 """
@@ -43,7 +43,7 @@ class SkillModule(nn.Module):
         assign = one_hot(index, z_e.new_empty(*index.shape, self.skill_dim))  # (N, K)
         counts = assign.sum(0)
         self.usage.add_(counts)
-        # Codes nobody chose count as chosen once, as in the original (spec 15, O6).
+        # Codes nobody chose count as chosen once, as in the original (docs/algorithm.md §7.2).
         counts = torch.where(counts > 0, counts, torch.ones_like(counts))
         self.cluster_size.mul_(self.decay).add_((1 - self.decay) * counts)
         self.embed_avg.mul_(self.decay).add_((1 - self.decay) * (z_e.t() @ assign))
@@ -81,7 +81,7 @@ class SkillModule(nn.Module):
     @torch.no_grad()
     def resample_unused(self, deter: torch.Tensor) -> dict[str, torch.Tensor]:
         """Re-seed codes unused since the last call at encoded batch points, drawn with probability
-        proportional to their distance from the nearest code (spec 7.1)."""
+        proportional to their distance from the nearest code (docs/algorithm.md §7.3)."""
         z = self.encoder(deter).mean.float()
         unused = (self.usage == 0).nonzero().flatten().tolist()
         resampled = 0

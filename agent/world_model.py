@@ -1,4 +1,5 @@
-"""DreamerV2-style world model: encoder, discrete RSSM, decoder and reward head (spec agent.md 3, 4).
+"""DreamerV2-style world model: encoder, discrete RSSM, decoder and reward head
+(docs/algorithm.md §2, §3).
 
 Batches are batch-major dicts: ``observation`` (B, T, *obs), ``action`` (B, T, A), ``reward`` (B, T, 1),
 ``is_first`` (B, T). Observations are float vectors (states) or uint8 images (pixels).

@@ -1,9 +1,10 @@
-"""Environment sanity benchmark (spec envs_and_data.md, section 10: random-policy returns).
+"""Environment sanity benchmark (docs/algorithm.md §11.9: random-policy returns).
 
 For every task: the return of a uniform random policy (actions in [-1, 1], seed 1, one full
 state-mode episode at action repeat 1 and one at action repeat 2) and the agent steps per
 second in states mode (timed over the action-repeat-1 episode) and pixels mode (20 steps at
-action repeat 1, 64 x 64, after the reset). Compare the returns with the spec's figures.
+action repeat 1, 64 x 64, after the reset). Compare the returns with the figures in
+docs/algorithm.md §11.9.
 
     python bench/env_check.py                        # table for all tasks
     python bench/env_check.py --tasks walker_stand,quadruped_jump --json
@@ -24,7 +25,7 @@ import envs  # noqa: E402
 SEED = 1
 PIXEL_STEPS = 20
 
-# Random-policy returns measured with the upstream task code (spec section 10).
+# Random-policy returns measured with the upstream task code (docs/algorithm.md §11.9).
 SPEC_RANDOM_RETURNS = {
     "quadruped_stand": "~990",
     "quadruped_jump": "~740",

@@ -1,10 +1,11 @@
-"""Environments of the Choreographer rebuild (spec envs_and_data.md; decisions 2, 9, 10, 11, 15).
+"""Environments of the Choreographer rebuild (docs/algorithm.md §11; docs/decisions.md D2, D9, D10,
+D11, D15).
 
 Interface::
 
     env = make(task, obs_type, action_repeat, seed, img_size=64, exorl=False, task_id=None)
     env.obs_shape, env.obs_dtype, env.action_dim, env.episode_steps
-    env.reset(task_id=None) -> step record;  env.step(action) -> step record (spec 5.3)
+    env.reset(task_id=None) -> step record;  env.step(action) -> step record (docs/algorithm.md §11.6)
     env.physics_state(), env.reward_from_physics(state), env.render_physics(state),
     env.goal_observation(), env.close()
 

@@ -1,12 +1,12 @@
-"""Jaco reach-to-corner tasks, Duplo and site variants (spec envs_and_data.md, section 3; decision 9).
+"""Jaco reach-to-corner tasks, Duplo and site variants (docs/algorithm.md §11.4; docs/decisions.md D9).
 
 The scene is assembled from dm_control's manipulation library (standard arena, Jaco arm and
 3-finger hand with the pinch site as tool-centre point, ``front_close`` camera) and its ``Reach``
 task, given our own workspaces: the target box collapses to one corner point, so each task has a
 deterministic target. ``exorl=True`` selects the site variant whose 42-d observations and 18-d
 physics states match the ExORL dataset; otherwise a Duplo brick marks the target (55-d, 31-d).
-Episodes are cut by our own counter at 250 control steps (spec 3.5 explains why not composer's
-time limit).
+Episodes are cut by our own counter at 250 control steps (docs/decisions.md D9 explains why not
+composer's time limit).
 """
 
 import collections

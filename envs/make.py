@@ -1,4 +1,4 @@
-"""Task registry and the ``make`` factory (spec envs_and_data.md, sections 2.1, 3.2, 4, 5.4, 5.5).
+"""Task registry and the ``make`` factory (docs/algorithm.md §11.1, §11.3-§11.5).
 
 Validates every argument up front with one-line ``ValueError`` messages naming the bad value
 and the valid ones, then builds the domain's environment. Domain modules are imported lazily
@@ -23,7 +23,7 @@ TASKS: dict[str, list[str]] = {
 DOMAINS = tuple(TASKS)
 
 # The task whose dynamics, initial states and episode length stand for the domain in
-# pre-training (spec 5.5).
+# pre-training (docs/algorithm.md §11.1).
 PRIMAL_TASKS = {
     "walker": "walker_stand",
     "quadruped": "quadruped_walk",
@@ -41,7 +41,7 @@ _BUILDERS = {
 
 MW_NUM_GOAL_SETS = 10
 MW_GOALS_PER_SET = 50
-MW_MAX_ENV_STEPS = 500  # Meta-World v3 refuses to step past its 500-step horizon (hazard 10).
+MW_MAX_ENV_STEPS = 500  # Meta-World v3 refuses to step past its 500-step horizon (docs/decisions.md D10).
 MW_EPISODE_AGENT_STEPS = 250
 
 _ALL_TASKS = [task for tasks in TASKS.values() for task in tasks]

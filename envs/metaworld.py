@@ -1,9 +1,9 @@
-"""Meta-World reach with the "reach_harder" goal sets (spec envs_and_data.md, section 4; decision 10).
+"""Meta-World reach with the "reach_harder" goal sets (docs/algorithm.md §11.5; docs/decisions.md D10).
 
 Meta-World 3.1.1's ``reach-v3`` (gymnasium API) driven by the agent's 4-d action, with the
 original Choreographer protocol: the reward of an agent step is the number of its env steps on
 which the tool-centre point was within 5 cm of the goal, episodes last 250 agent steps, images
-come from the ``corner4`` camera with rows flipped so they are upright (hazards 8, 9), and goals
+come from the ``corner4`` camera with rows flipped so they are upright (docs/decisions.md D10), and goals
 come from ``data/mw_reach_harder_goals.json`` or a user's goal file of the same format (run seed =
 goal set, task id = goal in the set; reading and validation in ``envs.mw_goals``).
 """

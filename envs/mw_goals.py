@@ -1,4 +1,4 @@
-"""Meta-World goal files: reading and validating them (spec envs_and_data.md, section 4; decision 10).
+"""Meta-World goal files: reading and validating them (docs/algorithm.md §11.5; docs/decisions.md D10).
 
 A goal file is JSON: ``{"goal_sets": {"0": [[obj_x, obj_y, obj_z, goal_x, goal_y, goal_z], ...],
 "1": [...], ...}}`` (other top-level keys are ignored). Set ``k`` is the goal set of run seed ``k``;

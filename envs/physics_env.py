@@ -1,4 +1,5 @@
-"""dm_control-backed environments and their physics-state utilities (spec envs_and_data.md, 2.6, 5.1, 6.3, 6.4).
+"""dm_control-backed environments and their physics-state utilities (docs/algorithm.md §11.3,
+§11.6, §11.7).
 
 ``PhysicsStateMixin`` gives every dm_control environment (walker, quadruped, Jaco) the methods
 used for ExORL relabelling and re-rendering: ``physics_state`` (qpos, qvel, act),

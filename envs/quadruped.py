@@ -1,9 +1,9 @@
-"""Quadruped tasks walk, run, stand and jump (spec envs_and_data.md, sections 2.1-2.7; decision 11).
+"""Quadruped tasks walk, run, stand and jump (docs/algorithm.md §11.3; docs/decisions.md D11).
 
 The physics model is dm_control's stock ``quadruped.xml``, edited at load time as the suite
 does (floor half-size = time limit x speed, walls, ball, target, terrain and rangefinders
 removed). The task code is ours: dm_control 1.0.28's quadruped module calls ``numpy.in1d``,
-which numpy 2.4 removed (hazard 2).
+which numpy 2.4 removed (docs/decisions.md D11).
 """
 
 import collections
@@ -21,7 +21,7 @@ from envs.physics_env import PhysicsTaskEnv
 CONTROL_TIMESTEP = 0.02
 TIME_LIMIT = 20.0
 EPISODE_CONTROL_STEPS = 1000  # 20 s / 0.02 s
-Y_CAMERA_ID = 2  # body-attached COM-tracking camera (URLB's zoomed choice, spec 2.6)
+Y_CAMERA_ID = 2  # body-attached COM-tracking camera (URLB's zoomed choice, docs/algorithm.md §11.3)
 
 WALK_SPEED = 0.5
 RUN_SPEED = 5.0

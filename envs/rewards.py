@@ -1,4 +1,4 @@
-"""The bounded-tolerance reward primitive ``tol`` (spec envs_and_data.md, section 1).
+"""The bounded-tolerance reward primitive ``tol`` (docs/algorithm.md §11.2).
 
 Every custom DMC and Jaco reward in this package is built from this one function,
 so its semantics (which sigmoid, what ``value_at_margin`` means) live here only.

@@ -1,6 +1,6 @@
-"""Planar walker tasks stand, walk, run and flip (spec envs_and_data.md, sections 2.1-2.7).
+"""Planar walker tasks stand, walk, run and flip (docs/algorithm.md §11.3; docs/decisions.md D11).
 
-All four tasks use the stock dm_control ``walker.xml`` (hazard 1: the copies shipped upstream
+All four tasks use the stock dm_control ``walker.xml`` (the copies shipped upstream
 either fail to compile or are byte-identical). stand/walk/run are the stock suite tasks;
 flip is ours: the stand term of the stock tasks times a forward angular-momentum term.
 """

@@ -1,9 +1,10 @@
-"""Agent-facing wrapper stack and step record (spec envs_and_data.md, sections 2.6, 2.7, 5.1-5.3).
+"""Agent-facing wrapper stack and step record (docs/algorithm.md §11.3, §11.6).
 
 ``StepRecordEnv`` turns any simulator that can reset, take one control step and report a state
-vector or an image into the environment the agent sees: actions clipped to [-1, 1] (decision 2)
-and mapped affinely onto the native control range, action repeat with summed reward, a fixed
-episode length, pixels rendered once per agent step, and the plain-dict step record of section 5.3.
+vector or an image into the environment the agent sees: actions clipped to [-1, 1]
+(docs/decisions.md D2) and mapped affinely onto the native control range, action repeat with summed
+reward, a fixed episode length, pixels rendered once per agent step, and the plain-dict step record
+of docs/algorithm.md §11.6.
 ``SavedSimulation`` lets an environment visit another simulator state and come back exactly.
 """
 

@@ -1,4 +1,4 @@
-"""Pixel encoder and decoder for 64x64 RGB observations (spec agent.md 4.1, 4.3).
+"""Pixel encoder and decoder for 64x64 RGB observations (docs/algorithm.md §3.1, §3.3).
 
 Encoder: 4 x [Conv2d(k=4, s=2) -> Norm -> ELU] with depth x (1, 2, 4, 8) channels, 64->31->14->6->2,
 flattened channel-major to 32 * depth features. Decoder: Linear to 32 * depth, then transposed

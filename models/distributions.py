@@ -1,4 +1,4 @@
-"""Output distributions (spec agent.md 5.2) written out by hand.
+"""Output distributions (docs/algorithm.md §4.1) written out by hand.
 
 torch.distributions validates arguments and builds objects on every call; these classes do the
 few operations the agent needs and nothing else, which keeps the imagination loops lean.
@@ -31,7 +31,7 @@ class ClampedNormal:
     """The original's 'trunc_normal': a Normal whose samples are clamped to (-1, 1).
 
     Sampling is reparameterised and the clamp passes gradients straight through. ``log_prob``
-    and ``entropy`` are those of the unclamped Normal, as in the original (spec 15, O1).
+    and ``entropy`` are those of the unclamped Normal, as in the original (docs/algorithm.md §4.1).
     """
 
     clamp_eps = 1e-6
@@ -80,7 +80,7 @@ class OneHotCategorical:
         return one_hot(index, probs) + probs - probs.detach()
 
     def mode(self) -> torch.Tensor:
-        # The straight-through term uses the logits, not the probabilities (spec 15, O2).
+        # The straight-through term uses the logits, not the probabilities (docs/algorithm.md §4.1).
         index = self.logits.argmax(-1)
         return one_hot(index, self.logits) + self.logits - self.logits.detach()
 

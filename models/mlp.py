@@ -1,4 +1,4 @@
-"""Multi-layer perceptrons and their output heads (spec agent.md 5.1, 5.2)."""
+"""Multi-layer perceptrons and their output heads (docs/algorithm.md §4.1)."""
 from __future__ import annotations
 
 import torch

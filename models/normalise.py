@@ -1,4 +1,4 @@
-"""StreamNorm: scale rewards by a running mean of their magnitude (spec agent.md 5.4)."""
+"""StreamNorm: scale rewards by a running mean of their magnitude (docs/algorithm.md §4.3)."""
 from __future__ import annotations
 
 import torch

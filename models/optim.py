@@ -1,4 +1,4 @@
-"""Optimiser wrapper used for every network (spec agent.md 5.3).
+"""Optimiser wrapper used for every network (docs/algorithm.md §4.2).
 
 Per call: backward, clip the global gradient norm, decoupled weight decay (every parameter is
 multiplied by 1 - wd before the Adam step, independently of the learning rate), Adam step.

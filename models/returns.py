@@ -1,4 +1,4 @@
-"""Lambda-returns and the slow target critic (spec agent.md 5.6, 5.7)."""
+"""Lambda-returns and the slow target critic (docs/algorithm.md §5.2, §5.3)."""
 from __future__ import annotations
 
 import copy
@@ -26,7 +26,7 @@ def lambda_return(reward: torch.Tensor, value: torch.Tensor, discount: torch.Ten
 
 def make_target(critic: nn.Module) -> nn.Module:
     """A frozen, independently initialised copy of ``critic`` (the original's first targets come
-    from a separately initialised network, spec 15 O11)."""
+    from a separately initialised network, docs/algorithm.md §5.3)."""
     target = copy.deepcopy(critic)
     for module in target.modules():
         if hasattr(module, "reset_parameters"):

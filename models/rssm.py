@@ -1,4 +1,4 @@
-"""Recurrent state-space model with discrete latents (spec agent.md 4.2).
+"""Recurrent state-space model with discrete latents (docs/algorithm.md §3.2).
 
 A latent state is a dict of tensors: ``logit`` and ``stoch`` of shape (..., stoch, discrete) and
 ``deter`` of shape (..., deter). The feature handed to every head is concat(flat stoch, deter).
@@ -129,7 +129,7 @@ class RSSM(nn.Module):
 
     def kl_loss(self, post: State, prior: State, balance: float, free: float,
                 forward: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """KL balancing with free nats applied after averaging (spec 4.4).
+        """KL balancing with free nats applied after averaging (docs/algorithm.md §3.4).
 
         Returns (loss, per-step KL(post || sg(prior))) -- the latter is the LBS target.
         """
@@ -168,8 +168,8 @@ def imagine(rssm: RSSM, policy: Policy, start: State, horizon: int, recompute_st
     which returns the action and a dict of its own per-step outputs (an entropy, a chosen skill).
 
     Returns states stacked time-major (H+1, N, ...) with index 0 the start state, the actions
-    (H+1, N, A) with a zero action at index 0 (spec 5.5), and the policy outputs stacked to
-    (H, N, ...). With ``recompute_steps`` each step keeps only its input state for the backward
+    (H+1, N, A) with a zero action at index 0 (docs/algorithm.md §5.1), and the policy outputs
+    stacked to (H, N, ...). With ``recompute_steps`` each step keeps only its input state for the backward
     pass (models/recompute.py); the states then carry ``stoch`` and ``deter`` but no ``logit``.
     ``step(state) -> (next state, action, outputs)``, if given, replaces policy and ``img_step``
     together (a compiled version of both, ``compile=true``); not with ``recompute_steps``.

@@ -1,6 +1,7 @@
 """Unit tests of the agent's parts against hand-computed values: the VQ skill module's EMA codebook
-and dead-code re-seeding (spec agent.md 7.1), the code reward (7.3), the particle-entropy reward
-(7.3, decision 5) and agent snapshots (12, decision 6). Small tensors, real numbers, no mocks.
+and dead-code re-seeding (docs/algorithm.md §7.2, §7.3), the code reward (§7.5), the
+particle-entropy reward (§7.5, docs/decisions.md D5) and agent snapshots (§10.7, docs/decisions.md
+D6). Small tensors, real numbers, no mocks.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def tiny_skills(deter_dim=4, skill_dim=3, code_dim=2, layers=1, units=8, **kwarg
 
 
 def ema_reference(codebook, embed_avg, cluster_size, usage, z_e, index):
-    """Spec 7.1 EMA update in plain Python; codebook/embed_avg are lists of columns (codes)."""
+    """The EMA update of docs/algorithm.md §7.2 in plain Python; codebook/embed_avg are lists of
+    columns (codes)."""
     skills = len(cluster_size)
     counts = [sum(1 for i in index if i == j) for j in range(skills)]
     usage = [u + n for u, n in zip(usage, counts)]
@@ -145,7 +147,7 @@ def test_resample_unused_reseeds_exactly_the_unused_codes():
             picked.append(matches[0])
         # The second re-seed sees the first (its point has distance 0, probability 0).
         assert picked[0] != picked[1]
-        assert torch.equal(module.cluster_size, before["cluster_size"])  # not reset (spec O6)
+        assert torch.equal(module.cluster_size, before["cluster_size"])  # not reset (docs/algorithm.md §7.3)
         assert module.usage.tolist() == [0.0, 0.0, 0.0, 0.0]
 
 

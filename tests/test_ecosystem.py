@@ -127,9 +127,10 @@ def test_openloop_video_rows_and_shape(tiny_config):
 
 
 def test_openloop_skill_row_is_the_vq_reconstruction_of_the_imagined_states(tiny_config):
-    """Spec agent.md 13 (Videos): row 3 = posterior recon for the 5 context steps, then each imagined
-    deter passed through VQ encoder -> nearest code -> VQ decoder, stoch sampled from the prior head
-    given that reconstructed deter, decoded. Recomputed here step by step under the same seed."""
+    """docs/algorithm.md §10.8 (videos): row 3 = posterior recon for the 5 context steps, then each
+    imagined deter passed through VQ encoder -> nearest code -> VQ decoder, stoch sampled from the
+    prior head given that reconstructed deter, decoded. Recomputed here step by step under the same
+    seed."""
     from agent.report import openloop_video
     from models.distributions import OneHotCategorical
     from utils.runner import build_agent

@@ -1,4 +1,5 @@
-"""Tests of the environment layer against spec envs_and_data.md section 10 (real physics, no mocks).
+"""Tests of the environment layer against the reference figures of docs/algorithm.md §11.9 (real
+physics, no mocks).
 
 Pixel tests live in tests/test_envs_pixels.py; this file stays in states mode and is fast.
 """
@@ -87,7 +88,7 @@ def test_unknown_task_lists_valid_tasks():
         envs.make("walker_jog", "states", 1, 0)
 
 
-# --------------------------------------------------------------------- specs (sec. 10)
+# --------------------------------------------------------------------- specs (docs/algorithm.md §11.9)
 
 
 @pytest.mark.parametrize(
@@ -223,7 +224,7 @@ def test_quadruped_actions_map_onto_native_control_ranges():
     np.testing.assert_allclose(env.physics.data.ctrl, ranges[:, 0])
     env.step(np.zeros(12, dtype=np.float32))
     np.testing.assert_allclose(env.physics.data.ctrl, ranges.mean(axis=1))
-    # Lift dims span [-1, 1.1], extend dims [-0.8, 0.8] (spec 2.7).
+    # Lift dims span [-1, 1.1], extend dims [-0.8, 0.8] (docs/algorithm.md §11.3).
     assert sorted({tuple(np.round(row, 3)) for row in ranges}) == [(-1.0, 1.0), (-1.0, 1.1), (-0.8, 0.8)]
 
 

@@ -1,4 +1,4 @@
-"""Pixel-observation tests (spec envs_and_data.md sections 2.6, 3.4, 4.4, 6.4, 10), a handful of frames each.
+"""Pixel-observation tests (docs/algorithm.md §11.3-§11.5, §11.7, §11.9), a handful of frames each.
 
 Rendering is software EGL here (tens of frames per second), so every test renders only a few images.
 """

@@ -1,5 +1,5 @@
 """Unit tests of the numerical building blocks in ``models/`` against hand-computed values
-(spec agent.md 4.2, 4.4, 5.2-5.7). Small tensors, real numbers, no mocks.
+(docs/algorithm.md §3.2, §3.4, §4, §5). Small tensors, real numbers, no mocks.
 """
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def test_kl_loss_free_nats_applied_after_averaging():
 
 
 def lambda_return_py(reward, value, discount, lam):
-    """Plain-Python float64 recursion of spec 5.6 for lists indexed [t][n]."""
+    """Plain-Python float64 recursion of docs/algorithm.md §5.2 for lists indexed [t][n]."""
     steps, count = len(reward), len(reward[0])
     horizon = steps - 1
     out = [[0.0] * count for _ in range(horizon)]
@@ -312,7 +312,7 @@ def test_onehot_mode_and_log_prob():
     dist = OneHotCategorical(logits)
     mode = dist.mode()
     torch.testing.assert_close(mode.detach(), torch.tensor([[0.0, 0, 1, 0], [1, 0, 0, 0]]))
-    # Straight-through term uses the logits (spec 15 O2): d mode / d logits = identity.
+    # Straight-through term uses the logits (docs/algorithm.md §4.1): d mode / d logits = identity.
     weight = torch.tensor([[1.0, 2.0, 3.0, 4.0], [-1.0, 0.0, 1.0, 2.0]])
     (mode * weight).sum().backward()
     torch.testing.assert_close(logits.grad, weight)

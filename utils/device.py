@@ -1,5 +1,5 @@
-"""Device selection: ``device=auto`` picks CUDA when it is there and the CPU otherwise (decision 13);
-what the device does fast (bf16) and how host memory is handed out."""
+"""Device selection: ``device=auto`` picks CUDA when it is there and the CPU otherwise
+(docs/decisions.md D13); what the device does fast (bf16) and how host memory is handed out."""
 from __future__ import annotations
 
 import ctypes

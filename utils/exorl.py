@@ -1,4 +1,4 @@
-"""Datasets in the ExORL layout (spec envs_and_data.md 6; decisions 15, 21).
+"""Datasets in the ExORL layout (docs/algorithm.md §11.7; docs/decisions.md D15, D21).
 
 A dataset folder (``~/urlb_datasets/<dataset>/<domain>/<collection_method>/buffer`` by default)
 holds one compressed ``.npz`` per episode, named ``<prefix>_<index>_<length>.npz``, with T =
@@ -8,9 +8,9 @@ length + 1 rows (row 0 is the reset step)::
     discount    (T, 1)       float32   physics (T, physics_dim) float64
 
 ``load_dataset`` reads the files sorted by name until the summed lengths reach ``capacity``
-(spec 6.5), validates them against the environment's shapes, optionally relabels the rewards for
-the environment's task from the stored physics states (never re-simulating) and, for pixel
-training, renders the stored states once into a cache next to the dataset
+(docs/algorithm.md §11.7), validates them against the environment's shapes, optionally relabels
+the rewards for the environment's task from the stored physics states (never re-simulating)
+and, for pixel training, renders the stored states once into a cache next to the dataset
 (``<buffer>/../pixels_<size>/<stem>.npz``). Only what training needs is kept in memory:
 observation (float32 states or uint8 pixels), action, reward and discount; ``physics`` is
 dropped once used.
@@ -198,12 +198,12 @@ def load_dataset(directory: str | os.PathLike, env, *, task: str | None = None, 
 
 
 def relabel_rewards(env, physics: np.ndarray) -> np.ndarray:
-    """Rewards (T, 1) float32 of ``env``'s task for every stored physics state (spec 6.3)."""
+    """Rewards (T, 1) float32 of ``env``'s task for every stored physics state (docs/algorithm.md §11.7)."""
     return np.array([env.reward_from_physics(state) for state in physics], dtype=np.float32).reshape(-1, 1)
 
 
 def render_frames(env, physics: np.ndarray) -> np.ndarray:
-    """uint8 (T, 3, H, W) frames of the stored physics states (spec 6.4)."""
+    """uint8 (T, 3, H, W) frames of the stored physics states (docs/algorithm.md §11.7)."""
     return np.stack([env.render_physics(state) for state in physics]).astype(np.uint8, copy=False)
 
 

@@ -1,5 +1,5 @@
 """Logging to the console, CSV files, TensorBoard and (optionally) Weights & Biases
-(spec agent.md 13; decisions 14, 16).
+(docs/algorithm.md §10.8; docs/decisions.md D14, D16).
 
 Metrics arrive as tensors and are only read (one transfer per dump) when a line is written, so the
 training loop never waits on the device to log. Console lines follow the original format:

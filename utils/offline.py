@@ -1,5 +1,5 @@
-"""Offline pre-training from a fixed dataset in the ExORL layout (spec agent.md 8.2, 11.4, 12;
-envs_and_data.md 6; decisions 6, 15, 17).
+"""Offline pre-training from a fixed dataset in the ExORL layout (docs/algorithm.md §10.2, §10.5,
+§10.7, §11.7; docs/decisions.md D6, D15, D17, D22-D24).
 
 ``OfflineRunner`` reads the dataset (``utils.exorl``), holds out a few episodes for validation,
 and runs ``num_train_updates`` updates of the world model, the VQ skill module and the skill

@@ -1,4 +1,4 @@
-"""Episode replay (spec agent.md 3, 11.5; decisions 3, 7, 21).
+"""Episode replay (docs/algorithm.md §2, §10.6; docs/decisions.md D3, D7, D21).
 
 Each finished episode is written as ``<timestamp>_<index>_<length>.npz`` in the ExORL row layout
 (row 0 is the reset step: zero action, zero reward), so any run folder's ``buffer/`` is also an

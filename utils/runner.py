@@ -1,5 +1,5 @@
-"""The environment loop shared by pretrain.py and finetune.py (spec agent.md 10, 11; decisions 8,
-17, 18).
+"""The environment loop shared by pretrain.py and finetune.py (docs/algorithm.md §10;
+docs/decisions.md D8, D17, D18).
 
 ``OnlineRunner`` turns a config into parts (envs, agent, replay, logger) and runs: (pre-training
 only) a seed phase of random actions, act, store, one update every ``train_every_actions`` frames,
@@ -122,7 +122,7 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def finetune_snapshot_path(cfg: DictConfig, domain: str) -> Path:
-    """Where finetune.py looks for its starting snapshot (spec agent.md 12)."""
+    """Where finetune.py looks for its starting snapshot (docs/algorithm.md §10.7)."""
     seed_dir = Path(str(cfg.seed))
     if cfg.get("custom_snap_dir"):
         base = Path(hydra.utils.to_absolute_path(cfg.custom_snap_dir))
@@ -371,7 +371,8 @@ class OnlineRunner:
 
     # ---------------------------------------------------------------------------------- evaluation
     def eval_episodes(self) -> list[int | None]:
-        """The Meta-World goal of each evaluation episode: every goal once without task_id (spec 4.5)."""
+        """The Meta-World goal of each evaluation episode: every goal once without task_id
+        (docs/algorithm.md §11.5)."""
         cfg = self.cfg
         if self.domain == "mw" and cfg.get("task_id") is None:
             return list(range(min(cfg.get("mw_eval_episodes", 50), self.eval_env.num_goals)))
@@ -379,7 +380,8 @@ class OnlineRunner:
 
     def run_eval_episode(self, task_id, meta, eval_mode: bool, counter: list[int], pick_skill=None
                          ) -> tuple[float, np.ndarray]:
-        """One evaluation episode; ``counter`` is the evaluation's cumulative step count (spec 11.2)."""
+        """One evaluation episode; ``counter`` is the evaluation's cumulative step count
+        (docs/algorithm.md §10.4)."""
         env, agent = self.eval_env, self.agent
         time_step, state = env.reset(task_id=task_id), None
         self.eval_resets += 1
@@ -438,7 +440,7 @@ class OnlineRunner:
         self.logger.dump(self.frame, "eval")
 
     def goal_skill_picker(self, mode: str):
-        """The skill for the goal of a freshly reset env (decision 8), as a one-hot meta vector."""
+        """The skill for the goal of a freshly reset env (docs/decisions.md D8), as a one-hot meta vector."""
         def pick(env, time_step: dict) -> np.ndarray:
             return self.agent.skill_for_goal(env.goal_observation(), self.cfg.goal_steps, mode, time_step)
         return pick

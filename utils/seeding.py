@@ -1,4 +1,4 @@
-"""Seeding of every random number generator the runs use (decision 7)."""
+"""Seeding of every random number generator the runs use (docs/decisions.md D7)."""
 from __future__ import annotations
 
 import random

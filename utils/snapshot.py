@@ -1,4 +1,5 @@
-"""Snapshots: plain state dicts written atomically and read without unpickling code (decision 6).
+"""Snapshots: plain state dicts written atomically and read without unpickling code
+(docs/decisions.md D6).
 
 A snapshot file holds only tensors, numbers, strings, lists and dicts, so it loads with
 ``torch.load(weights_only=True)``; anything else in a file is refused.

@@ -1,5 +1,5 @@
 """Videos: eval episodes as MP4 or GIF files, frame grids, and video summaries for TensorBoard and
-Weights & Biases (spec agent.md 13, "Videos").
+Weights & Biases (docs/algorithm.md §10.8).
 
 Frames are uint8 ``(3, H, W)`` (channel first, as the environments render them); a video is
 ``(T, 3, H, W)``. GIFs need nothing beyond imageio (Pillow); MP4 needs imageio-ffmpeg and falls back
