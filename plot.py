@@ -81,7 +81,9 @@ def find_csvs(specs: list[str], csv_name: str) -> list[Path]:
                 found.extend(sorted(p for p in match.rglob(csv_name) if p.is_file()))
     unique = list(dict.fromkeys(path.resolve() for path in found))
     if not unique:
-        raise UserError(f"no {csv_name} found in {', '.join(specs)}")
+        hint = ("; pre-training evaluates never by default (eval_every_frames=1e9): plot its episodes with "
+                "--csv train, or evaluate fine-tuning runs" if csv_name == "eval.csv" else "")
+        raise UserError(f"no {csv_name} found in {', '.join(specs)}{hint}")
     return unique
 
 

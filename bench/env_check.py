@@ -25,8 +25,9 @@ import envs  # noqa: E402
 SEED = 1
 PIXEL_STEPS = 20
 
-# Random-policy returns measured with the upstream task code (docs/algorithm.md §11.9).
-SPEC_RANDOM_RETURNS = {
+# Random-policy returns of the original (upstream) task code, measured with it: the reference
+# figures of docs/algorithm.md §11.9.
+UPSTREAM_RANDOM_RETURNS = {
     "quadruped_stand": "~990",
     "quadruped_jump": "~740",
     "quadruped_walk": "490-505",
@@ -105,7 +106,7 @@ def main() -> None:
             row = results[task]
             print(
                 f"{task:26s} return ar1 {row['random_return_ar1']:9.2f}  ar2 {row['random_return_ar2']:9.2f}"
-                f"  (spec {SPEC_RANDOM_RETURNS.get(task, '-'):>7s})"
+                f"  (upstream {UPSTREAM_RANDOM_RETURNS.get(task, '-'):>7s})"
                 f"  states {row['steps_per_s_states']:7.1f} steps/s  pixels {row['steps_per_s_pixels']:6.1f} steps/s",
                 flush=True,
             )

@@ -84,6 +84,15 @@ def test_a_bad_setting_leaves_no_run_folder(tmp_path):
     assert not (tmp_path / "exp_local").exists(), list((tmp_path / "exp_local").rglob("*"))
 
 
+def test_a_bad_setting_never_removes_the_working_directory(tmp_path):
+    # hydra.run.dir is the folder the command runs in: the error must leave it (and what is in it) alone.
+    (tmp_path / "mine.txt").write_text("a file of the user's")
+    command = [sys.executable, str(REPO / "pretrain.py"), *TINY, "domain=cheetah", f"hydra.run.dir={tmp_path}"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert (tmp_path / "mine.txt").read_text() == "a file of the user's"
+
+
 def test_plain_progress_lines_report_rate_elapsed_and_time_left():
     lines, now = [], [100.0]
 

@@ -1,9 +1,9 @@
-"""Every loss of the agent re-derived independently from the spec's formulas (spec agent.md 4.4,
-5.4-5.7, 6, 7.1-7.3, 8, 9.3) on a small fixed batch.
+"""Every loss of the agent re-derived independently from the formulas of docs/algorithm.md (§3.4,
+§4.1, §4.3, §5, §6, §7.1-§7.5, §8.2, §8.3, §10.2) on a small fixed batch.
 
 How: a tiny real agent (``build_agent``) and a fixed seeded batch. For each part, the test takes
 the network outputs from the real modules (encoder, RSSM steps, heads, actors, critics) but does
-all the loss arithmetic itself, in float64, from the formulas of the spec: unit-Gaussian
+all the loss arithmetic itself, in float64, from the formulas of docs/algorithm.md: unit-Gaussian
 log-likelihoods, categorical KL with balancing and free nats, StreamNorm, lambda-returns, discount
 weights, actor / critic / REINFORCE objectives, LBS target, VQ commitment and EMA, kNN particle
 entropy. Nothing from ``models/returns.py``, ``models/distributions.py`` or the loss code in
@@ -36,7 +36,7 @@ from utils.runner import build_agent
 OBS_DIM, ACTION_DIM, BATCH, LENGTH = 6, 2, 3, 5
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 RTOL, GRAD_RTOL = 1e-5, 1e-5
-# Spec constants (agent.md 2.2, 2.3, 7.1, 9.3, 15 "hard-coded values").
+# Constants of docs/algorithm.md §12.2-§12.3 (the end of §12.3 lists the ones fixed in code).
 GAMMA, LAMBDA = 0.99, 0.95
 EXPL_NORM_MOMENTUM, NORM_EPS = 0.95, 1e-8
 COMMITMENT, EMA_DECAY, EMA_EPS = 1e-4, 0.99, 1e-5
@@ -119,7 +119,7 @@ def check(metrics: dict, expected: dict, names=None, rtol: float = RTOL, grad_rt
 
 
 def unit_normal_log_prob(x: torch.Tensor, mean: torch.Tensor, event_dims: int) -> torch.Tensor:
-    """log N(x; mean, 1), independent over the last ``event_dims`` axes (spec 5.2 'mse')."""
+    """log N(x; mean, 1), independent over the last ``event_dims`` axes (docs/algorithm.md §4.1 'mse')."""
     per = -0.5 * (x.double() - mean.double()) ** 2 - LOG_SQRT_2PI
     return per.sum(dim=tuple(range(-event_dims, 0))) if event_dims else per
 
@@ -140,12 +140,14 @@ def categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def normal_entropy(std: torch.Tensor) -> torch.Tensor:
-    """Entropy of the untruncated Normal(mu, std) summed over action dims (spec 5.2, O1)."""
+    """Entropy of the untruncated Normal(mu, std) summed over action dims (docs/algorithm.md §4.1;
+    a quirk of the original we keep, §13)."""
     return (0.5 + LOG_SQRT_2PI + std.double().log()).sum(-1)
 
 
 def lambda_returns(reward: torch.Tensor, value: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
-    """R_H = v_H; R_t = r_t + gamma ((1 - lam) v_{t+1} + lam R_{t+1}); returns R_0..R_{H-1} (spec 5.6)."""
+    """R_H = v_H; R_t = r_t + gamma ((1 - lam) v_{t+1} + lam R_{t+1}); returns R_0..R_{H-1}
+    (docs/algorithm.md §5.2)."""
     horizon = reward.shape[0] - 1
     out = [None] * horizon
     ret = value[horizon]
@@ -156,18 +158,18 @@ def lambda_returns(reward: torch.Tensor, value: torch.Tensor, gamma: float, lam:
 
 
 def discount_weights(length: int, gamma: float) -> torch.Tensor:
-    """w_0 = 1, w_t = gamma^t (constant discount, no discount head: spec 5.5)."""
+    """w_0 = 1, w_t = gamma^t (constant discount, no discount head: docs/algorithm.md §2, §5.1)."""
     return torch.tensor([gamma ** t for t in range(length)], dtype=torch.float64)
 
 
 def stream_norm(reward: torch.Tensor, mag: float, momentum: float, scale: float = 1.0, eps: float = NORM_EPS):
-    """mag <- m mag + (1 - m) mean|r|; r / (mag + eps) (spec 5.4). Returns (normed, new mag)."""
+    """mag <- m mag + (1 - m) mean|r|; r / (mag + eps) (docs/algorithm.md §4.3). Returns (normed, new mag)."""
     mag = momentum * mag + (1 - momentum) * float(reward.detach().abs().mean())
     return scale * reward / (mag + eps), mag
 
 
 def knn_reward(points: torch.Tensor, k: int, clip: float) -> torch.Tensor:
-    """Mean over the k nearest (self included) of max(d - clip, 0) (spec 7.3, O5); brute force."""
+    """Mean over the k nearest (self included) of max(d - clip, 0) (docs/algorithm.md §7.5, §13); brute force."""
     p = points.detach().double()
     dist = (p[:, None, :] - p[None, :, :]).pow(2).sum(-1).sqrt()
     nearest = dist.sort(-1).values[:, :k]
@@ -175,7 +177,7 @@ def knn_reward(points: torch.Tensor, k: int, clip: float) -> torch.Tensor:
 
 
 def feat_of(state: dict) -> torch.Tensor:
-    """concat(flatten(stoch), deter), stoch first (spec 4.2)."""
+    """concat(flatten(stoch), deter), stoch first (docs/algorithm.md §3.2)."""
     stoch = state["stoch"]
     return torch.cat([stoch.reshape(*stoch.shape[:-2], -1), state["deter"]], -1)
 
@@ -187,14 +189,15 @@ def actor_dist(actor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def sample_action(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Reparameterised sample, clamped to (-1, 1) with a straight-through gradient (spec 5.2)."""
+    """Reparameterised sample, clamped to (-1, 1) with a straight-through gradient (docs/algorithm.md §4.1)."""
     raw = mean + std * torch.randn_like(mean)
     return raw.clamp(-ACTION_CLAMP, ACTION_CLAMP).detach() + (raw - raw.detach())
 
 
 def sample_one_hot(logits: torch.Tensor) -> torch.Tensor:
-    """One-hot draw + (p - sg(p)) (spec 5.2 'onehot'). The draw is by inverse CDF with one uniform
-    per row, as the project documents (README "Distributions"), so the random numbers line up."""
+    """One-hot draw + (p - sg(p)) (docs/algorithm.md §4.1 'one-hot categorical'). The draw is by inverse
+    CDF with one uniform per row, as the project documents (docs/decisions.md D27), so the random
+    numbers line up."""
     probs = logits.softmax(-1)
     uniform = torch.rand(probs.shape[:-1] + (1,), dtype=probs.dtype)
     index = (probs.detach().cumsum(-1) < uniform).sum(-1).clamp(max=probs.shape[-1] - 1)
@@ -210,10 +213,10 @@ def head_mean(head, x: torch.Tensor) -> torch.Tensor:
 
 
 def expected_world_model(agent, batch, free: float, balance: float, scales: dict, grad_heads=("decoder",)) -> dict:
-    """Spec 4.4, from the encoder/RSSM/head outputs of the real modules; with gradients."""
+    """docs/algorithm.md §3.4, from the encoder/RSSM/head outputs of the real modules; with gradients."""
     wm = agent.wm
     obs = batch["observation"]
-    obs = obs.float() / 255.0 - 0.5 if obs.dtype == torch.uint8 else obs.float()  # spec 3 preprocessing
+    obs = obs.float() / 255.0 - 0.5 if obs.dtype == torch.uint8 else obs.float()  # docs/algorithm.md §2
     event_dims = obs.dim() - 2
     with grads_on(wm):
         embed = wm.encoder(obs)
@@ -222,7 +225,7 @@ def expected_world_model(agent, batch, free: float, balance: float, scales: dict
         kl_lhs = categorical_kl(post["logit"], prior["logit"].detach())     # trains the posterior
         kl_rhs = categorical_kl(post["logit"].detach(), prior["logit"])     # trains the prior
         free_t = torch.tensor(free, dtype=torch.float64)
-        # Free nats after averaging over batch and time, on each term (free_avg, spec 4.4). With
+        # Free nats after averaging over batch and time, on each term (free_avg, docs/algorithm.md §3.4). With
         # forward=False both terms have the same value, so a maximum on each term and a maximum on
         # their mixture agree in value and gradient; averaging before or after clamping does not.
         kl_loss = (1 - balance) * torch.maximum(kl_lhs.mean(), free_t) + balance * torch.maximum(kl_rhs.mean(), free_t)
@@ -243,7 +246,7 @@ def expected_world_model(agent, batch, free: float, balance: float, scales: dict
 
 
 def posterior_starts(agent, batch) -> dict:
-    """Detached posterior states of the batch flattened to N = B*T imagination starts (spec 5.5)."""
+    """Detached posterior states of the batch flattened to N = B*T imagination starts (docs/algorithm.md §5.1)."""
     with torch.no_grad():
         obs = batch["observation"].float()
         post, _ = agent.wm.rssm.observe(agent.wm.encoder(obs), batch["action"], batch["is_first"])
@@ -253,7 +256,7 @@ def posterior_starts(agent, batch) -> dict:
 @pytest.mark.parametrize("mode", ["fast", "eager"])
 @pytest.mark.parametrize("case", ["default", "free_between", "scaled", "pixels"])
 def test_world_model_losses(mode, case):
-    """Spec 4.4: observation and reward unit-Gaussian NLLs (reward head on sg(feat)), KL balance
+    """docs/algorithm.md §3.4: observation and reward unit-Gaussian NLLs (reward head on sg(feat)), KL balance
     0.8 with 1.0 free nats after averaging, loss scales; values and model_grad_norm."""
     pixels = case == "pixels"
     # free_between weights the KL up so that its gradient dominates model_grad_norm, which then
@@ -264,11 +267,11 @@ def test_world_model_losses(mode, case):
     cfg = make_config(mode, *extra, obs="pixels" if pixels else "states")
     obs_shape = (3, 64, 64) if pixels else (OBS_DIM,)
     batch = fixed_batch(pixels=pixels)
-    assert cfg.kl.free == 1.0 and cfg.kl.balance == 0.8 and not cfg.kl.forward  # spec 2.2
+    assert cfg.kl.free == 1.0 and cfg.kl.balance == 0.8 and not cfg.kl.forward  # docs/algorithm.md §12.2
     free = cfg.kl.free
     if case == "free_between":
         # A free-nats level above some per-step KLs but below their mean: clamping after averaging
-        # (the spec) and clamping each step differ in value and in gradient.
+        # (docs/algorithm.md §3.4) and clamping each step differ in value and in gradient.
         probe = make_agent(cfg, obs_shape)
         torch.manual_seed(1)
         kl = expected_world_model(probe, batch, 0.0, 0.8, dict(cfg.loss_scales))["kl_per_step"]
@@ -300,12 +303,12 @@ def test_world_model_losses(mode, case):
             + 2.0 * float(metrics["reward_loss"]), rel=RTOL)
 
 
-# ---------------------------------------------------------------------- actor-critics (spec 5.7)
+# ----------------------------------------------------------- actor-critics (docs/algorithm.md §5)
 
 
 def expected_actor_critic(agent, ac, start: dict, reward_fn, cond=None, *, actor_ent: float, momentum: float,
                           prefix: str = "") -> dict:
-    """Imagine H steps under ``ac.actor`` from ``start`` (spec 5.5), then the spec 5.6/5.7 losses."""
+    """Imagine H steps under ``ac.actor`` from ``start`` (docs/algorithm.md §5.1), then the losses of §5.2-§5.4."""
     rssm, horizon = agent.wm.rssm, agent.imag_horizon
 
     def inputs_of(feat):
@@ -348,12 +351,12 @@ def expected_actor_critic(agent, ac, start: dict, reward_fn, cond=None, *, actor
 
 
 def lbs_reward(agent):
-    """The LBS intrinsic reward: the LBS head's mean on imagined (prior) features (spec 6)."""
+    """The LBS intrinsic reward: the LBS head's mean on imagined (prior) features (docs/algorithm.md §6.2)."""
     return lambda _deter, feat: head_mean(agent.lbs.head, feat).squeeze(-1)
 
 
 def skill_reward(agent, skill: torch.Tensor):
-    """Spec 7.3: particle-entropy reward over all imagined deter (pooled) + code reward."""
+    """docs/algorithm.md §7.5: particle-entropy reward over all imagined deter (pooled) + code reward."""
     module = agent.skill_module
 
     def reward(deter, _feat):
@@ -365,7 +368,7 @@ def skill_reward(agent, skill: torch.Tensor):
 
 
 def random_skills(agent, count: int) -> torch.Tensor:
-    """An independent uniform skill per start state (spec 7.2), drawn like the agent draws it."""
+    """An independent uniform skill per start state (docs/algorithm.md §7.4), drawn like the agent draws it."""
     return F.one_hot(torch.randint(agent.skill_dim, (count,)), agent.skill_dim).float()
 
 
@@ -387,7 +390,7 @@ def test_exploration_actor_critic_losses(mode, actor_ent):
     check(metrics, expected, [k for k in expected if k not in ("mag", "feat")])
     assert float(agent.expl_ac.reward_norm.mag) == pytest.approx(expected["mag"], rel=RTOL)
 
-    # Slow target (spec 5.7): hard copy of the critic after the first update, then not again
+    # Slow target (docs/algorithm.md §5.3): hard copy of the critic after the first update, then not again
     # until 100 updates have passed.
     for target, critic in zip(agent.expl_ac.target_critic.parameters(), agent.expl_ac.critic.parameters()):
         assert torch.equal(target, critic)
@@ -413,15 +416,16 @@ def test_skill_actor_critic_losses(mode):
 
     expected, metrics = replayed(expected_fn, lambda: agent.update_skill_behaviour(start))
     check(metrics, expected, [k for k in expected if k not in ("mag", "feat")])
-    assert float(agent.skill_ac.reward_norm.mag) == 1.0   # momentum 1: identity (spec 2.3)
+    assert float(agent.skill_ac.reward_norm.mag) == 1.0   # momentum 1: identity (docs/algorithm.md §4.3)
 
 
 # ---------------------------------------------------------------------------- meta-controller
 
 
 def expected_meta(agent, start: dict) -> dict:
-    """Spec 9.3: selector re-drawn every step, executor on sg(concat(feat, skill)), REINFORCE with
-    the target-critic baseline and entropy 1e-4, executor by dynamics backprop, critic as 5.7."""
+    """docs/algorithm.md §8.2: selector re-drawn every step, executor on sg(concat(feat, skill)),
+    REINFORCE with the target-critic baseline and entropy 1e-4, executor by dynamics backprop,
+    critic as §5.3."""
     meta, rssm, horizon = agent.meta, agent.wm.rssm, agent.imag_horizon
     executor = agent.skill_ac.actor
     with grads_on(meta.selector, executor):
@@ -465,7 +469,7 @@ def expected_meta(agent, start: dict) -> dict:
         "high_actor_ent": entropy.mean(), "low_actor_ent": normal_entropy(low_std).mean(),
         "critic": critic_mean.mean(), "critic_slow": value.mean(), "critic_target": target.mean(),
         "reward_mean": reward.mean(), "reward_normed_mean": reward.mean(),
-        # distinct argmax skills, the zero vector at index 0 counting as skill 0 (spec 9.3 [ODD])
+        # distinct argmax skills, the zero vector at index 0 counting as skill 0 (docs/algorithm.md §8.2)
         "skills_updated": len(set(skills.detach().argmax(-1).flatten().tolist())),
     }
 
@@ -500,8 +504,8 @@ def test_meta_controller_losses(mode):
         "agent/meta_controller.py:144-146: in mode=eager low_actor_ent is computed after the executor's "
         "optimiser step (line 140), i.e. with the updated skill policy, so the two modes report different "
         "values; mode=fast (line 143) reports the entropy of the policy that acted in the rollout, as the "
-        "original does (its MetaCtrlAC.actor_loss computes it before any step; spec 9.3 lists it among the "
-        "update's metrics). A metric only: no loss is affected."))),
+        "original does (its MetaCtrlAC.actor_loss computes it before any step; docs/algorithm.md §8.2 lists "
+        "it among the update's metrics). A metric only: no loss is affected."))),
 ])
 def test_meta_controller_executor_entropy_metric(mode):
     """low_actor_ent: entropy of the executor at states 0..H-2 under the skill chosen there,
@@ -558,7 +562,7 @@ def test_lbs_target_and_intrinsic_reward(mode):
 
 
 def expected_vq(module, deter: torch.Tensor) -> dict:
-    """Spec 7.1: nearest code with the codebook before this step, straight-through output,
+    """docs/algorithm.md §7.1-§7.2: nearest code with the codebook before this step, straight-through output,
     rec + 1e-4 commit, and the EMA step (unused codes counted as 1, Laplace smoothing)."""
     deter = deter.detach()
     codebook = module.codebook.detach().clone().double()                  # (code_dim, K), column j = code j
@@ -628,7 +632,7 @@ HAND_REWARD = [3.9998 / 3, 2.9998 / 3, 4.9998 / 3, 6.9998 / 3, 10.9998 / 3]
 def test_particle_entropy_reward(mode):
     from agent.exploration import particle_entropy_reward
 
-    # The spec's settings (2.3): k = 30, clip 1e-4.
+    # The defaults of docs/algorithm.md §7.5 and §12.3: k = 30, clip 1e-4.
     full = compose_config([])
     assert full.agent.knn_k == 30 and full.agent.knn_clip == 1e-4
 
@@ -669,7 +673,7 @@ def flat_starts(post: dict) -> dict:
 @pytest.mark.parametrize("mode", ["fast", "eager"])
 def test_full_update_matches_staged_rederivation(mode):
     """``agent.update`` (pre-training, then fine-tuning) reports what the re-derivations give when
-    run on a twin agent stage by stage in the spec's order (8.1, 8.3): world model; LBS on that
+    run on a twin agent stage by stage in the order of docs/algorithm.md §10.2: world model; LBS on that
     update's KL; exploration AC; VQ; skill AC with the just-updated codebook; and in fine-tuning
     world model, reward gate, meta-controller."""
     cfg = make_config(mode)
@@ -721,7 +725,7 @@ def test_full_update_matches_staged_rederivation(mode):
         wm, _ = replayed(lambda: expected_world_model(twin, batch, 1.0, 0.8, scales),
                          lambda: twin.update_world_model(batch))
         expected.update({k: v for k, v in wm.items() if k not in ("kl_per_step", "post", "feat")})
-        assert bool((batch["reward"] > 1e-4).any())  # the gate opens with this batch (spec 8.3)
+        assert bool((batch["reward"] > 1e-4).any())  # the gate opens with this batch (docs/algorithm.md §8.3)
         start = flat_starts(wm["post"])
         meta, _ = replayed(lambda: expected_meta(twin, start),
                            lambda: twin.meta.update(twin.wm.rssm, start, twin.imag_horizon, twin.wm.reward_head))

@@ -26,8 +26,10 @@ SMALL = ["preset=cpu", "batch_size=4", "batch_length=16", "imag_starts=32", "num
          "snapshots=[20,30]", "log_every_updates=10", "eval_every_updates=10"]
 
 
-def run(script: str, args: list[str], cwd, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / script), *args, f"hydra.run.dir={cwd}/run_{script[:-3]}"],
+def run(script: str, args: list[str], cwd, timeout: int = 600, run_name: str | None = None
+        ) -> subprocess.CompletedProcess:
+    run_dir = cwd / (run_name or f"run_{script[:-3]}")
+    return subprocess.run([sys.executable, str(REPO / script), *args, f"hydra.run.dir={run_dir}"],
                           cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
@@ -136,8 +138,8 @@ def test_offline_pixels_render_once_and_record_action_repeat_1(tmp_path):
         assert data["observation"].shape == (13, 3, 64, 64) and data["observation"].dtype == np.uint8
     payload = torch.load(tmp_path / "offline_models/ours/random/walker/choreo/1/snapshot_2.pt", weights_only=True)
     assert payload["action_repeat"] == 1 and payload["obs_type"] == "pixels" and payload["updates"] == 2
-    # A second run reads the cache instead of rendering again.
-    result = run("offline_train.py", args + ["seed=2"], tmp_path)
+    # A second run (another seed, so another run folder) reads the cache instead of rendering again.
+    result = run("offline_train.py", args + ["seed=2"], tmp_path, run_name="run_seed2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rendering" not in result.stderr
 

@@ -2,6 +2,9 @@
 same losses on the same batch, in fp32 and in bf16 (issue "Speed")."""
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 import torch
 
@@ -49,6 +52,8 @@ def test_fast_and_eager_give_the_same_losses(batch, precision, finetune):
 @pytest.mark.parametrize("finetune", [False, True], ids=["pretrain", "finetune"])
 def test_compiled_steps_give_the_same_losses(batch, finetune, recwarn):
     """compile=true (torch.compile of the posterior and imagination steps, torch's own random draws)."""
+    if shutil.which(os.environ.get("CXX", "g++")) is None:
+        pytest.skip("g++ is not installed: torch.compile's CPU backend builds its kernels with it (apt-get install g++)")
     if finetune:
         batch = dict(batch, reward=batch["reward"] + 1.0)
     eager = losses("eager", 32, batch, finetune)
