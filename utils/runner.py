@@ -7,6 +7,7 @@ evaluation, logging and snapshots. Step = one agent decision; frame = step x act
 """
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import envs
-from agent.choreo import ChoreoAgent
+from agent.base import AGENT_YAML_BASE_KEYS, WorldModelAgent
 from agent.report import log_openloop_video
 from utils.device import has_fast_bf16, keep_freed_host_memory, resolve_device, return_freed_host_memory
 from utils.errors import TrainingDiverged, UserError
@@ -38,38 +39,67 @@ def plain(node) -> dict:
 def compile_steps(cfg: DictConfig, device) -> bool:
     """compile=auto: on for CUDA, where it measured 1.3-1.5x on the whole update (bench/RESULTS.md);
     off on the CPU, where it gains ~10% and costs minutes of compiling and a C++ compiler."""
-    setting = cfg.get("compile", "auto")
+    setting = cfg.compile
     return torch.device(device).type == "cuda" if setting == "auto" else bool(setting)
 
 
 def prefetch_batches(cfg: DictConfig, device) -> bool:
     """``prefetch_batches``: auto prefetches on CUDA only."""
-    setting = cfg.get("prefetch_batches", "auto")
+    setting = cfg.prefetch_batches
     return torch.device(device).type == "cuda" if setting == "auto" else bool(setting)
 
 
-def build_agent(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int, device) -> ChoreoAgent:
+def agent_class(cfg: DictConfig) -> type:
+    """The class ``configs/agent/<name>.yaml`` names in ``_target_``."""
+    target = cfg.agent.get("_target_")
+    if not target:
+        raise UserError(f"agent={cfg.agent.get('name')!r}: its yaml names no _target_ class")
+    try:
+        return hydra.utils.get_class(target)
+    except Exception as error:  # Hydra wraps import errors in its own types
+        raise UserError(f"agent={cfg.agent.get('name')!r}: cannot import {target} ({error})") from error
+
+
+def check_agent_keys(cfg: DictConfig, cls: type) -> None:
+    """Every key under ``agent.`` must be an argument the agent takes, and every argument it needs
+    must be there: one line naming the key and the agent's settings otherwise."""
+    own = inspect.signature(cls.__init__).parameters
+    taken = {name for name, p in own.items() if p.kind == p.KEYWORD_ONLY} | set(AGENT_YAML_BASE_KEYS)
+    given = {key for key in cfg.agent if key != "_target_"}
+    name = cfg.agent.get("name")
+    unknown = sorted(given - taken)
+    if unknown:
+        raise UserError(f"agent.{unknown[0]} is not a setting of agent={name}; its settings: "
+                        f"{', '.join(sorted(taken))}")
+    required = {name for name, p in own.items() if p.kind == p.KEYWORD_ONLY and p.default is p.empty}
+    missing = sorted((required | set(AGENT_YAML_BASE_KEYS)) - given)
+    if missing:
+        raise UserError(f"agent={name} needs agent.{missing[0]} (configs/agent/{name}.yaml sets it)")
+
+
+def build_agent(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int, device) -> WorldModelAgent:
+    """The agent of ``configs/agent/<name>.yaml``, instantiated with its own keys and the shared
+    settings (networks, optimisers, imagination, speed) from the rest of the config."""
+    cls = agent_class(cfg)
+    check_agent_keys(cfg, cls)
     if cfg.precision == 16 and not has_fast_bf16(torch.device(device)):
         print(f"warning: precision=16 on {device}: this device has no fast bf16 matrix unit (AMX, AVX512-BF16 "
               "or a bf16 GPU), so bf16 runs slower than precision=32 here", flush=True)
-    if torch.device(device).type == "cpu" and cfg.get("low_memory"):
+    if torch.device(device).type == "cpu" and cfg.low_memory:
         return_freed_host_memory()
-    elif torch.device(device).type == "cpu" and cfg.get("mode", "fast") == "fast":
+    elif torch.device(device).type == "cpu" and cfg.mode == "fast":
         keep_freed_host_memory()
-    agent_cfg = plain(cfg.agent)
     world_model = dict(encoder=plain(cfg.encoder), decoder=plain(cfg.decoder), rssm=plain(cfg.rssm),
-                       kl=plain(cfg.kl), loss_scales=plain(cfg.loss_scales), grad_heads=agent_cfg["grad_heads"],
-                       clip_rewards=cfg.clip_rewards)
+                       kl=plain(cfg.kl), loss_scales=plain(cfg.loss_scales), clip_rewards=cfg.clip_rewards)
     behaviour = dict(discount=cfg.discount, discount_lambda=cfg.discount_lambda, slow_target=cfg.slow_target,
                      slow_target_update=cfg.slow_target_update, slow_target_fraction=cfg.slow_target_fraction)
-    return ChoreoAgent(obs_shape, action_dim, device=device, seed=cfg.seed, precision=cfg.precision,
-                       mode=cfg.get("mode", "fast"), low_memory=bool(cfg.get("low_memory", False)),
-                       cuda_graphs=bool(cfg.get("cuda_graphs", True)), compile=compile_steps(cfg, device),
-                       world_model=world_model, behaviour=behaviour, actor=plain(cfg.actor), critic=plain(cfg.critic),
-                       actor_opt=plain(cfg.actor_opt), critic_opt=plain(cfg.critic_opt),
-                       reward_head=plain(cfg.reward_head), model_opt=plain(cfg.model_opt),
-                       imag_horizon=cfg.imag_horizon, imag_starts=cfg.imag_starts,
-                       action_repeat=cfg.action_repeat, **agent_cfg)
+    return hydra.utils.instantiate(
+        cfg.agent, obs_shape, action_dim, _convert_="all", device=device, seed=cfg.seed, precision=cfg.precision,
+        mode=cfg.mode, low_memory=bool(cfg.low_memory), cuda_graphs=bool(cfg.cuda_graphs),
+        compile=compile_steps(cfg, device), world_model=world_model, behaviour=behaviour, actor=plain(cfg.actor),
+        critic=plain(cfg.critic), actor_opt=plain(cfg.actor_opt), critic_opt=plain(cfg.critic_opt),
+        reward_head=plain(cfg.reward_head), model_opt=plain(cfg.model_opt), imag_horizon=cfg.imag_horizon,
+        imag_starts=cfg.imag_starts, action_repeat=cfg.action_repeat)
 
 
 def make_env(task: str, cfg: DictConfig, **kwargs):
