@@ -49,8 +49,9 @@ class LatentEnsemble(nn.Module):
         return torch.stack([head(inputs).mean for head in self.heads])
 
     def disagreement(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Std across the heads, averaged over the output dimensions: (...,)."""
-        return self(inputs).std(0, correction=0).mean(-1)
+        """Std across the heads, averaged over the output dimensions: (...,). Taken in float32
+        (bf16 would leave two or three digits of a spread that is small next to the predictions)."""
+        return self(inputs).float().std(0, correction=0).mean(-1).to(inputs.dtype)
 
     def update(self, inputs: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         inputs, target = inputs.detach(), target.detach()
