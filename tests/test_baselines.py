@@ -17,6 +17,7 @@ from torch import nn
 from conftest import REPO, TINY, compose_config
 from test_exorl import rollout, write_npz
 from utils.runner import build_agent
+from utils.snapshot import save_snapshot
 
 OBS_DIM, ACTION_DIM = 24, 6
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -24,8 +25,11 @@ LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 BASE = [o for o in TINY if not o.startswith("agent.")]
 AGENT_EXTRA = {"apt": ["agent.knn_k=5"]}
 EXPLORERS = ["lbs", "plan2explore", "apt"]
-# The attribute holding each explorer's intrinsic model, and its optimiser's name.
+# The attribute holding each explorer's intrinsic model (also its optimiser's name), its parameter
+# groups and its loss metric.
 INTRINSIC = {"lbs": "lbs", "plan2explore": "ensemble", "apt": None}
+INTRINSIC_GROUPS = {"lbs": {"lbs.head"}, "plan2explore": {"ensemble.heads"}, "apt": set()}
+INTRINSIC_LOSS = {"lbs": {"lbs_loss"}, "plan2explore": {"ensemble_loss"}, "apt": set()}
 WORLD_MODEL = ("wm.rssm.", "wm.encoder.", "wm.decoder.")
 
 
@@ -181,10 +185,9 @@ def test_pretraining_update_trains_model_intrinsic_model_and_exploration(name):
     before = floats(agent)
     metrics = agent.update(synthetic_batch())
     expected = {"wm.encoder", "wm.rssm", "wm.decoder", "wm.reward_head", "ac.actor", "ac.critic",
-                "ac.target_critic", "ac.reward_norm"} | ({f"{part}.heads" if part == "ensemble" else f"{part}.head"}
-                                                        if part else set())
+                "ac.target_critic", "ac.reward_norm"} | INTRINSIC_GROUPS[name]
     assert changed_groups(before, floats(agent)) == expected
-    assert {"model_loss", "actor_loss", "critic_loss", "reward_mean"} <= set(metrics)
+    assert {"model_loss", "actor_loss", "critic_loss", "reward_mean"} | INTRINSIC_LOSS[name] <= set(metrics)
     assert all(torch.isfinite(value).all() for value in metrics.values())
     assert agent.ac.reward_norm.momentum == 0.95 and agent.ac.actor_ent == 0.0
 
@@ -211,8 +214,7 @@ def test_finetuning_starts_from_the_exploration_actor_with_a_fresh_critic(name):
     metrics = agent.update(synthetic_batch(seed=3))
     assert changed_groups(before, floats(agent)) == {"wm.encoder", "wm.rssm", "wm.decoder", "wm.reward_head",
                                                      "ac.actor", "ac.critic", "ac.target_critic"}
-    assert {"model_loss", "actor_loss", "critic_loss"} <= set(metrics) and not any("lbs" in k or "ensemble" in k
-                                                                                  for k in metrics)
+    assert {"model_loss", "actor_loss", "critic_loss"} <= set(metrics) and not INTRINSIC_LOSS[name] & set(metrics)
     # A fine-tuning checkpoint resumes into a fresh fine-tuning agent.
     resumed = make_agent(name, seed=2, config="finetune")
     resumed.finetune_mode()
@@ -283,18 +285,18 @@ def run_offline(tmp_path, name: str, dataset) -> set[str]:
     return losses_are_finite(tmp_path / "offline")
 
 
-INTRINSIC_LOSS = {"lbs": {"lbs_loss"}, "plan2explore": {"ensemble_loss"}, "apt": set()}
-
 
 @pytest.mark.parametrize("name", EXPLORERS)
 def test_scripts_pretrain_finetune_and_offline(tmp_path, tiny_dataset, name):
+    # Two episodes per online run: train.csv is written at episode ends, and updates need one finished.
     extra = AGENT_EXTRA.get(name, [])
     run_script("pretrain.py", tmp_path, "pretrain", "configs=dmc_states", f"agent={name}", *extra,
                "num_train_frames=2000", "num_seed_frames=1000", "snapshots=[1200]")
     snapshot = tmp_path / f"pretrained_models/states/walker/{name}/1/snapshot_1200.pt"
     assert snapshot.is_file()
     assert torch.load(snapshot, weights_only=True)["agent"]["name"] == name
-    assert {"model_loss", "actor_loss", "critic_loss"} | INTRINSIC_LOSS[name] <= losses_are_finite(tmp_path / "pretrain")
+    logged = losses_are_finite(tmp_path / "pretrain")
+    assert {"model_loss", "actor_loss", "critic_loss"} | INTRINSIC_LOSS[name] <= logged
 
     run_script("finetune.py", tmp_path, "finetune", "configs=dmc_states", f"agent={name}", *extra,
                "task=walker_run", "snapshot_ts=1200", "num_train_frames=2000", "num_seed_frames=1000")
@@ -313,6 +315,15 @@ def test_scripts_dreamer_from_scratch_and_offline(tmp_path, tiny_dataset):
     assert any(line.startswith("| eval | F: 1000 |") for line in result.stdout.splitlines()), result.stdout
     assert {"model_loss", "actor_loss", "critic_loss"} <= losses_are_finite(tmp_path / "finetune")
     assert {"model_loss", "actor_loss", "critic_loss"} <= run_offline(tmp_path, "dreamer", tiny_dataset)
+
+    # From the world model of another agent's pre-training snapshot (here Choreographer's).
+    choreo = make_agent("choreo", choreo=True)
+    save_snapshot({"agent": choreo.snapshot_state(), "obs_type": "states", "domain": "walker", "action_repeat": 1,
+                   "global_frame": 100}, tmp_path / "pretrained_models/states/walker/choreo/1/snapshot_100.pt")
+    run_script("finetune.py", tmp_path, "from_choreo", "configs=dmc_states", "agent=dreamer", "task=walker_run",
+               "snapshot_agent=choreo", "snapshot_ts=100", "num_train_frames=1100", "num_seed_frames=1000")
+    payload = torch.load(tmp_path / "from_choreo" / "finetuned_snapshot.pt", weights_only=True)
+    assert payload["agent"]["name"] == "dreamer" and payload["updates"] == 2
 
 
 def test_scripts_plan2explore_pixels(tmp_path):

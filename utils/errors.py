@@ -31,14 +31,14 @@ def exit_with_one_line(run: Callable[[], None], run_dir: str | Path | None = Non
 def remove_if_untouched(run_dir: Path) -> bool:
     """Remove ``run_dir`` if it holds only Hydra's ``.hydra/`` and ``*.log`` files, then the folders
     above it that this leaves empty, up to (not including) the working directory: ``exp_local/<date>/``
-    of a first run. Returns whether ``run_dir`` was removed."""
-    run_dir = run_dir.resolve()
-    if not run_dir.is_dir():
+    of a first run. The working directory and the folders above it are never removed. Returns whether
+    ``run_dir`` was removed."""
+    run_dir, here = run_dir.resolve(), Path.cwd().resolve()
+    if not run_dir.is_dir() or run_dir == here or run_dir in here.parents:  # never the working directory
         return False
     if any(entry.name != ".hydra" and entry.suffix != ".log" for entry in run_dir.iterdir()):
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
-    here = Path.cwd().resolve()
     for parent in run_dir.parents:
         if parent == here or here not in parent.parents:
             break
