@@ -18,7 +18,7 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from hydra.core.hydra_config import HydraConfig
 
@@ -36,27 +36,20 @@ class SnapshotPolicy:
     """The exploration agent of a pre-training snapshot, acting every ``action_repeat`` control steps."""
 
     def __init__(self, path: str, env, domain: str, device):
-        from utils.runner import build_agent
-        from utils.snapshot import load_snapshot
+        from utils.agents import agent_from_snapshot, read_snapshot
         path = hydra.utils.to_absolute_path(path)
-        payload = load_snapshot(path, map_location=device)
-        for key in ("agent", "config", "obs_type", "action_repeat"):
-            if key not in payload:
-                raise UserError(f"snapshot {path} has no '{key}' entry; it is not a snapshot of this project")
+        payload = read_snapshot(path, "a snapshot of this project")
         if payload.get("domain") not in (None, domain):
             raise UserError(f"snapshot {path} was pre-trained on {payload['domain']}; set domain={payload['domain']}")
         self.env = env
         self.pixels = payload["obs_type"] == "pixels"
         self.action_repeat = int(payload["action_repeat"])
         obs_shape = (3, 64, 64) if self.pixels else env.obs_shape
-        snap_cfg = OmegaConf.create(payload["config"])
-        self.agent = build_agent(snap_cfg, obs_shape, env.action_dim, device)
         try:
-            self.agent.load_snapshot_state(payload["agent"])
-        except (KeyError, RuntimeError) as error:
-            raise UserError(f"snapshot {path} does not fit the collection env (observations {obs_shape}, "
-                            f"{env.action_dim} actions; Jaco collects ExORL's site variant): "
-                            f"{str(error).splitlines()[0]}") from error
+            self.agent = agent_from_snapshot(payload, path, obs_shape, env.action_dim, device)
+        except UserError as error:
+            raise UserError(f"{error} (the collection env has observations {obs_shape}, {env.action_dim} "
+                            f"actions; Jaco collects ExORL's site variant)") from error
         self.step = 0
 
     def begin_episode(self) -> None:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.atomic import atomic_write
 from utils.errors import UserError
 
 # URLB expert scores (Laskin et al. 2021), used by the Choreographer paper to normalise returns.
@@ -200,11 +201,9 @@ def plot_curves(runs: list[Run], path: Path, x_key: str, y_key: str, spread: str
         ax.set_visible(False)
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_write(path) as handle:
+        fig.savefig(handle, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

@@ -65,23 +65,14 @@ def load_agent(snapshot_path: str, task: str | None, seed: int, device_name: str
     if not Path(snapshot_path).expanduser().is_file():  # before the slow imports
         raise UserError(f"snapshot not found: {Path(snapshot_path).expanduser()}")
     import torch
-    from omegaconf import OmegaConf
 
     import envs
+    from utils.agents import agent_from_snapshot, read_snapshot
     from utils.device import resolve_device
-    from utils.runner import build_agent
-    from utils.snapshot import SnapshotError, load_snapshot
 
     path = Path(snapshot_path).expanduser()
-    try:
-        payload = load_snapshot(path)
-    except SnapshotError as error:
-        raise UserError(str(error)) from error
-    missing = [key for key in ("agent", "config", "obs_type", "action_repeat") if key not in payload]
-    if missing:
-        raise UserError(f"{path} is not a pre-training snapshot: it lacks {', '.join(missing)}")
-    cfg = OmegaConf.create(payload["config"])
-    cfg.seed = seed
+    payload = read_snapshot(path, "a pre-training snapshot")
+    cfg = payload["config"]
     task = task or payload.get("task") or cfg.get("task")
     if not task:
         raise UserError("the snapshot names no task; give one with task=TASK")
@@ -101,17 +92,17 @@ def load_agent(snapshot_path: str, task: str | None, seed: int, device_name: str
 
     def attempt(exorl: bool):
         env = envs.make(task, obs_type, action_repeat, seed, exorl=exorl)
-        agent = build_agent(cfg, env.obs_shape, env.action_dim, device)
-        agent.load_snapshot_state(payload["agent"])
-        return env, agent
+        return env, agent_from_snapshot(payload, path, env.obs_shape, env.action_dim, device, seed=seed)
 
     try:
         env, agent = attempt(exorl=False)
-    except RuntimeError as error:  # state_dict shape mismatch: Jaco states from ExORL data have 42 dims
+    except UserError as error:  # networks of another size: Jaco states from ExORL data have 42 dims
         if domain != "jaco" or obs_type != "states":
-            raise UserError(f"snapshot {path} does not fit task {task} ({obs_type}): "
-                            f"{str(error).splitlines()[0]}") from error
+            raise UserError(f"snapshot {path} does not fit task {task} ({obs_type}): {error}") from error
         env, agent = attempt(exorl=True)
+    if not hasattr(agent, "skill_module"):
+        raise UserError(f"snapshot {path} is of agent={agent.name}, which has no skills to show; "
+                        f"visualize_skills.py shows agent=choreo's skills")
     agent.eval()
     torch.manual_seed(seed)
     return agent, env, task, obs_type

@@ -4,90 +4,53 @@ training step on a replay batch.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Any
-
 import numpy as np
 import torch
-from torch import nn
 
 from agent.actor_critic import ActorCritic, refresh_target
+from agent.base import WorldModelAgent
 from agent.exploration import LBSHead, particle_entropy_reward
 from agent.meta_controller import MetaController
 from agent.skills import SkillModule
-from agent.world_model import WorldModel, preprocess_obs
-from models.compiled import compiled
-from models.conv import ConvDecoder
 from models.distributions import one_hot
-from models.cuda_graph import GraphStages
 from models.normalise import StreamNorm
-from models.optim import Optimizer, trainable
+from models.optim import Optimizer
 from models.recompute import over_rows
-from models.rssm import RSSM, State, flatten_state
-
-LatentState = tuple[State, torch.Tensor]
+from models.rssm import State
 
 
-class ChoreoAgent(nn.Module):
-    def __init__(self, obs_shape: tuple[int, ...], action_dim: int, *, device: torch.device, seed: int,
-                 precision: int, world_model: dict, behaviour: dict, actor: dict, critic: dict, actor_opt: dict,
-                 critic_opt: dict, reward_head: dict, model_opt: dict, imag_horizon: int, imag_starts: int | None,
-                 reward_norm: dict, actor_ent: float, skill_dim: int, skill_reward_norm: dict,
-                 skill_actor_ent: float, code_dim: int, code_resampling: bool, resample_every: int,
-                 update_skill_every_step: int, knn_k: int, knn_clip: float, knn_chunk_elements: int,
-                 num_init_frames: int = 4000, action_repeat: int = 1, freeze_skills: bool = False,
-                 mode: str = "fast", low_memory: bool = False, cuda_graphs: bool = True, compile: bool = False,
-                 **unused: Any):
-        super().__init__()
-        if precision not in (16, 32):
-            raise ValueError(f"precision={precision} is not supported; valid: 32, 16")
-        if mode not in ("fast", "eager"):
-            raise ValueError(f"mode={mode!r} is not supported; valid: fast, eager")
-        self.device = torch.device(device)
-        self.precision = precision
-        # eager: the plain implementation, kept to measure the speed work against (bench/speed.py).
-        self.fast = mode == "fast"
-        # Recompute activations in the backward pass instead of storing them (models/recompute.py).
-        self.low_memory = bool(low_memory)
-        # torch.compile of the sequential steps (models/compiled.py); not with recomputation.
-        self.compile = bool(compile) and self.fast and not self.low_memory
-        # Each part of the update recorded once as a CUDA graph and replayed (models/cuda_graph.py).
-        # Not with low_memory: recomputation saves and restores the generator state, which a
-        # recording cannot do.
-        self.stages = GraphStages(bool(cuda_graphs) and self.fast and self.device.type == "cuda"
-                                  and not self.low_memory)
-        self.action_dim = action_dim
-        self.imag_horizon = imag_horizon
-        self.imag_starts = imag_starts
+class ChoreoAgent(WorldModelAgent):
+    """Choreographer: LBS exploration, VQ skills learned in imagination and, for fine-tuning, the
+    meta-controller over the skills (the yaml's keys are this class's arguments)."""
+    init_from_keys = ("wm.rssm.", "wm.encoder.", "wm.decoder.", "skill_module.encoder.", "skill_module.decoder.",
+                      "skill_module.codebook", "skill_ac.actor.")
+
+    def __init__(self, obs_shape: tuple[int, ...], action_dim: int, *, reward_norm: dict, actor_ent: float,
+                 skill_dim: int, skill_reward_norm: dict, skill_actor_ent: float, code_dim: int,
+                 code_resampling: bool, resample_every: int, update_skill_every_step: int, knn_k: int,
+                 knn_clip: float, knn_chunk_elements: int, num_init_frames: int, freeze_skills: bool,
+                 **shared):
+        super().__init__(obs_shape, action_dim, **shared)
         self.skill_dim = skill_dim
         self.update_skill_every_step = update_skill_every_step
         self.knn_k, self.knn_clip, self.knn_chunk_elements = knn_k, knn_clip, knn_chunk_elements
-        self.rng = np.random.default_rng(seed)
-        self.init_steps = num_init_frames // action_repeat
+        self.init_steps = num_init_frames // self.action_repeat
         self.freeze_skills = freeze_skills
-        self.is_ft = False
         # Fine-tuning gate (docs/algorithm.md §8.3): random skills and no behaviour learning until a
         # training batch holds a reward above 1e-4. A tensor (saved with the agent), read on the host
         # only until it is set: then the host copy answers and updates no longer wait on the device.
         self.register_buffer("reward_seen", torch.zeros((), dtype=torch.bool))
         self._gate_open = False
 
-        self.wm = WorldModel(obs_shape, action_dim, reward_head=reward_head, model_opt=model_opt, **world_model)
-        feat_dim = self.wm.rssm.feat_dim
-        ac_common = dict(actor=actor, critic=critic, actor_opt=actor_opt, critic_opt=critic_opt, fast=self.fast,
-                         low_memory=self.low_memory, **behaviour)
-        self._meta_args = dict(feat_dim=feat_dim, skill_dim=skill_dim, **ac_common)
-        self.lbs = LBSHead(feat_dim, reward_head["layers"], reward_head["units"], reward_head["norm"], model_opt)
-        self.expl_ac = ActorCritic(feat_dim, action_dim, reward_norm=reward_norm, actor_ent=actor_ent, **ac_common)
-        self.skill_module = SkillModule(self.wm.rssm.deter, skill_dim, code_dim, reward_head["layers"],
-                                        reward_head["units"], "layer", actor_opt, code_resampling, resample_every)
+        feat_dim, head = self.feat_dim, self.reward_head_cfg
+        self._meta_args = dict(feat_dim=feat_dim, skill_dim=skill_dim, **self.ac_args)
+        self.lbs = LBSHead(feat_dim, head["layers"], head["units"], head["norm"], self.model_opt_cfg)
+        self.expl_ac = ActorCritic(feat_dim, action_dim, reward_norm=reward_norm, actor_ent=actor_ent, **self.ac_args)
+        self.skill_module = SkillModule(self.wm.rssm.deter, skill_dim, code_dim, head["layers"], head["units"],
+                                        "layer", self.ac_args["actor_opt"], code_resampling, resample_every)
         self.skill_ac = ActorCritic(feat_dim, action_dim, reward_norm=skill_reward_norm, actor_ent=skill_actor_ent,
-                                    cond_dim=skill_dim, prefix="skill_", **ac_common)
-        self.to(self.device)
-        self.apply_speed_mode()
-        # Every parameter stays frozen outside its own update (docs/algorithm.md §10.2).
-        self.requires_grad_(False)
-        self.prepare_graphs()
+                                    cond_dim=skill_dim, prefix="skill_", **self.ac_args)
+        self.ready()
 
     # ----------------------------------------------------------------- optimisers and precision
     def optimizers(self) -> dict[str, Optimizer]:
@@ -103,65 +66,11 @@ class ChoreoAgent(nn.Module):
     def finetune_mode(self) -> None:
         """Switch to the fine-tuning phase (docs/algorithm.md §8.1): the exploration behaviour and LBS
         head make way for the meta-controller, whose executor is the skill policy."""
-        self.is_ft = True
         del self.expl_ac, self.lbs
         self.skill_ac.reward_norm = StreamNorm(momentum=1.0)
         self.meta = MetaController(executor=self.skill_ac.actor, train_executor=not self.freeze_skills,
                                    **self._meta_args)
-        self.to(self.device)
-        self.apply_speed_mode()
-        self.requires_grad_(False)
-        self.prepare_graphs()
-
-    def prepare_graphs(self) -> None:
-        """Forget recorded stages (their modules or optimiser states were replaced) and set the
-        optimisers' step counters where a recording needs them."""
-        self.stages.reset()
-        for opt in self.optimizers().values():
-            opt.set_capturable(self.stages.enabled)
-
-    def apply_speed_mode(self) -> None:
-        """Module-level parts of the fast mode. ELUs overwrite their input, which every layer here
-        (linear, convolution, layer norm) leaves unused in its backward pass, so autograd keeps one
-        tensor per layer instead of two and no output buffer is allocated; the pixel decoder's first
-        layer runs as a matrix product; the RSSM's prior head runs once after the posterior loop."""
-        for module in self.modules():
-            if isinstance(module, nn.ELU):
-                module.inplace = self.fast
-            if isinstance(module, ConvDecoder):
-                module.first_as_matmul = self.fast
-            if isinstance(module, RSSM):
-                module.batched_prior = self.fast
-                module.compiled_obs_step = compiled(module.obs_step, "obs_step") if self.compile else None
-            if isinstance(module, ActorCritic):
-                module.compiled_step = compiled(module.imagination_step, "imagination step") if self.compile else None
-            if isinstance(module, MetaController):
-                module.compiled_step = compiled(module.executor_step, "executor step") if self.compile else None
-
-    def init_from(self, pretrained: dict[str, torch.Tensor]) -> None:
-        """Copy the pre-trained world model (RSSM, encoder, decoder), skill module (VQ encoder,
-        decoder, codebook) and skill policy from a pre-training state dict (docs/algorithm.md §8.1)."""
-        prefixes = ("wm.rssm.", "wm.encoder.", "wm.decoder.", "skill_module.encoder.", "skill_module.decoder.",
-                    "skill_ac.actor.")
-        copied = {key: value for key, value in pretrained.items()
-                  if key.startswith(prefixes) or key == "skill_module.codebook"}
-        own = self.state_dict()
-        mismatched = [key for key, value in copied.items() if key not in own or own[key].shape != value.shape]
-        if mismatched:
-            key = mismatched[0]
-            found = tuple(copied[key].shape)
-            expected = tuple(own[key].shape) if key in own else "missing"
-            raise ValueError(f"the snapshot's networks differ from this config's ({key}: snapshot {found}, "
-                             f"config {expected}); use the sizes it was pre-trained with (e.g. the same preset=)")
-        self.load_state_dict(copied, strict=False)
-        self.requires_grad_(False)
-        self.prepare_graphs()
-
-    def autocast(self):
-        if self.precision == 16:
-            # A recording may not keep autocast's cache of cast weights across calls.
-            return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=not self.stages.enabled)
-        return contextlib.nullcontext()
+        super().finetune_mode()
 
     # ----------------------------------------------------------------------------- skills (meta)
     def init_meta(self) -> np.ndarray:
@@ -173,42 +82,18 @@ class ChoreoAgent(nn.Module):
         return self.init_meta() if step % self.update_skill_every_step == 0 else meta
 
     # ------------------------------------------------------------------------------------ acting
-    @torch.no_grad()
-    def observe(self, time_step: dict, state: LatentState | None, sample: bool = True) -> tuple[State, torch.Tensor]:
-        """Posterior latent and feature after seeing ``time_step`` (batch of one)."""
-        obs = torch.as_tensor(time_step["observation"], device=self.device).unsqueeze(0)
-        if state is None:
-            latent = self.wm.rssm.initial(1, self.device)
-            prev_action = torch.zeros(1, self.action_dim, device=self.device)
-        else:
-            latent, prev_action = state
-        is_first = torch.tensor([float(time_step["is_first"])], device=self.device)
-        embed = self.wm.encoder(preprocess_obs(obs))
-        latent, _ = self.wm.rssm.obs_step(latent, prev_action, embed, is_first, sample, with_prior=False)
-        return latent, self.wm.rssm.feat(latent)
-
-    @torch.no_grad()
-    def act(self, time_step: dict, meta: np.ndarray, step: int, eval_mode: bool,
-            state: LatentState | None) -> tuple[np.ndarray, LatentState]:
-        """An action for the current phase (docs/algorithm.md §10.1): a sample, or the mean when
-        evaluating.
-
-        Pre-training: the exploration actor. Fine-tuning: the skill policy on ``meta`` (a random
+    def policy(self, feat: torch.Tensor, meta: np.ndarray, step: int, eval_mode: bool):
+        """Pre-training: the exploration actor. Fine-tuning: the skill policy on ``meta`` (a random
         skill) until ``num_init_frames`` have passed and a reward was seen, then on the skill the
-        meta-controller picks at every step.
-        """
-        latent, feat = self.observe(time_step, state)
+        meta-controller picks at every step."""
         if not self.is_ft:
-            dist = self.expl_ac.actor(feat)
+            return self.expl_ac.actor(feat)
+        if self.adapting(step):
+            selector = self.meta.selector(feat)
+            skill = selector.mode() if eval_mode else selector.sample()
         else:
-            if self.adapting(step):
-                selector = self.meta.selector(feat)
-                skill = selector.mode() if eval_mode else selector.sample()
-            else:
-                skill = torch.as_tensor(meta, device=self.device).unsqueeze(0)
-            dist = self.skill_ac.actor(torch.cat([feat, skill], -1))
-        action = dist.mode() if eval_mode else dist.sample()
-        return action[0].cpu().numpy(), (latent, action)
+            skill = torch.as_tensor(meta, device=self.device).unsqueeze(0)
+        return self.skill_ac.actor(torch.cat([feat, skill], -1))
 
     @torch.no_grad()
     def goal_latent(self, goal_observation: np.ndarray, steps: int) -> torch.Tensor:
@@ -259,25 +144,6 @@ class ChoreoAgent(nn.Module):
         return self._gate_open
 
     # ---------------------------------------------------------------------------------- training
-    def update_world_model(self, batch: dict[str, torch.Tensor]) -> tuple[State, torch.Tensor, dict]:
-        post, kl, metrics = self.stages.run("world_model", self._world_model_step, batch)
-        return post, kl, dict(metrics)
-
-    def _world_model_step(self, batch: dict[str, torch.Tensor]) -> tuple[State, torch.Tensor, dict]:
-        with trainable(self.wm):
-            with self.autocast():
-                loss, post, kl, metrics = self.wm.loss(batch)
-            metrics.update(self.wm.opt(loss))
-        return post, kl, metrics
-
-    def imagination_starts(self, post: State) -> State:
-        start = {key: value.detach() for key, value in flatten_state(post).items()}
-        count = start["deter"].shape[0]
-        if self.imag_starts and self.imag_starts < count:
-            pick = torch.randperm(count, device=self.device)[: self.imag_starts]
-            start = {key: value[pick] for key, value in start.items()}
-        return start
-
     def skill_reward(self, skill: torch.Tensor):
         def reward(states: State, _feat: torch.Tensor) -> torch.Tensor:
             deter = states["deter"]
@@ -367,16 +233,6 @@ class ChoreoAgent(nn.Module):
                                              cond=skill)
 
     # --------------------------------------------------------------------------------- snapshots
-    def snapshot_state(self) -> dict:
-        return {"phase": "finetune" if self.is_ft else "pretrain", "modules": self.state_dict(),
-                "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
-                "rng": self.rng.bit_generator.state}
-
     def load_snapshot_state(self, state: dict) -> None:
-        self.load_state_dict(state["modules"])
+        super().load_snapshot_state(state)
         self._gate_open = False
-        for name, opt in self.optimizers().items():
-            opt.load_state_dict(state["optimizers"][name])
-        self.rng.bit_generator.state = state["rng"]
-        self.requires_grad_(False)
-        self.prepare_graphs()

@@ -79,6 +79,9 @@ def build_reach_task(task: str, use_site: bool):
 
 
 class JacoReachEnv(PhysicsStateMixin, StepRecordEnv):
+    # The zero-shot protocol's success: any reward above 1e-4 in the episode.
+    success_threshold = 1e-4
+
     def __init__(self, task: str, obs_type: str, action_repeat: int, seed: int, img_size: int, exorl: bool):
         self.variant = "site" if exorl else "duplo"
         self._target = np.asarray(TARGETS[task], dtype=np.float64)

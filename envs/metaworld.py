@@ -49,6 +49,14 @@ def _register_exit_hook_once():
 
 
 class MetaWorldReachEnv(StepRecordEnv):
+    # Reward counts the steps within 5 cm of the goal: any reward means it was reached.
+    success_threshold = 0.0
+    goal_task = True
+
+    def evaluation_goals(self, task_id: int | None, episodes: int) -> list[int | None]:
+        """Without a task id, every goal of the run's goal set once (docs/algorithm.md §11.8)."""
+        return list(range(self.num_goals)) if task_id is None else [task_id] * episodes
+
     def __init__(self, obs_type: str, action_repeat: int, seed: int, img_size: int, task_id: int | None,
                  goals_file=None):
         # The shipped file holds 10 sets of 50 goals: [object x, y, z, goal x, y, z] per goal.

@@ -19,10 +19,21 @@ OBS_TYPES = ("states", "pixels")
 class StepRecordEnv:
     """Base class: subclasses implement the ``_`` hooks at the bottom.
 
+    Domain facts the training loop asks for: ``success_threshold`` (an episode whose return is above
+    it reached its goal; None where the domain has no goals), ``goal_task`` (whether every episode is a
+    goal-reaching one, so every evaluation reports a success rate) and ``evaluation_goals``.
+
     The episode ends after ``episode_control_steps`` control steps when ``episode_agent_steps``
     is None (DMC, Jaco: the last agent step may then be shorter than the action repeat), or
     after ``episode_agent_steps`` agent steps otherwise (Meta-World's 250-step time limit).
     """
+
+    success_threshold: float | None = None
+    goal_task = False
+
+    def evaluation_goals(self, task_id: int | None, episodes: int) -> list[int | None]:
+        """The goal (task id) of each episode of one evaluation."""
+        return [task_id] * episodes
 
     def __init__(
         self,

@@ -83,6 +83,13 @@ def run_checkpoint(*extra, phase="pretrain", keep_config=True):
     return write
 
 
+def _named_snapshot(path, name):
+    """A real choreo agent's snapshot that says another agent made it."""
+    agent = build_agent(compose_config(TINY), (24,), 6, torch.device("cpu"))
+    state = dict(agent.snapshot_state(), name=name)
+    save_snapshot({"agent": state, "obs_type": "states", "domain": "walker"}, path)
+
+
 def _other_snapshot_only(tmp):
     save_snapshot({"agent": {}, "obs_type": "states", "domain": "walker"}, tmp / "snaps" / "1" / "snapshot_300.pt")
 
@@ -152,6 +159,13 @@ CASES = [
          write=run_checkpoint("rssm.deter=16", keep_config=False)),
     case("checkpoint", "other phase", ["the checkpoint in {tmp}/run is from finetune, not pretrain"],
          write=run_checkpoint(phase="finetune")),
+    case("config", "agent key the agent does not take", ["agent.skil_dim is not a setting of agent=choreo",
+                                                         "its settings: ", "skill_dim"],
+         overrides=["+agent.skil_dim=4"]),
+    case("config", "agent key missing", ["agent=choreo needs agent.knn_k", "configs/agent/choreo.yaml"],
+         overrides=["~agent.knn_k"]),
+    case("snapshot", "another agent's", [SNAPSHOT, "is of agent=lbs", "agent=choreo cannot start from it"],
+         write=snapshot(lambda path: _named_snapshot(path, "lbs"))),
     case("snapshot", "missing", [f"snapshot not found: {SNAPSHOT}", "snapshot_ts values there: 300",
                                  "snapshot_ts=0 trains from scratch"], write=_other_snapshot_only),
     case("snapshot", "truncated", [f"snapshot {SNAPSHOT} is corrupt or truncated"], write=snapshot(_truncated)),

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from utils.episodes import parse_episode_name, write_episode_file  # noqa: F401 (re-exported)
 from utils.errors import UserError
 
 DEFAULT_DATASET_DIR = "~/urlb_datasets/{dataset}/{domain}/{collection_method}/buffer"
@@ -34,10 +35,6 @@ LAYOUT = ("<dataset_dir>/<prefix>_<index>_<length>.npz, one file per episode wit
           "reward, discount (and physics) arrays of length+1 rows (ExORL: ~/urlb_datasets/<dataset>/<domain>/"
           "<collection_method>/buffer, the buffer/ folder of https://dl.fbaipublicfiles.com/exorl/<domain>/"
           "<collection_method>.zip); dataset_dir= points elsewhere")
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def default_dataset_dir(dataset: str, domain: str, collection_method: str) -> Path:
@@ -53,15 +50,6 @@ def resolve_dataset_dir(dataset_dir: str | os.PathLike | None, dataset: str, dom
     return Path(os.path.expanduser(str(dataset_dir)))
 
 
-def parse_episode_name(path: str | os.PathLike) -> tuple[int, int]:
-    """(index, length) from the file STEM ``<prefix>_<index>_<length>``; never from the rest of the path."""
-    stem = Path(path).stem
-    fields = stem.rsplit("_", 2)
-    if len(fields) != 3 or not fields[1].isdigit() or not fields[2].isdigit():
-        raise ValueError(f"{path}: file name does not follow <prefix>_<index>_<length>.npz")
-    return int(fields[1]), int(fields[2])
-
-
 def list_episode_files(directory: str | os.PathLike) -> list[Path]:
     """The episode files of a dataset folder, sorted by name; one clear error when there are none."""
     directory = Path(directory)
@@ -73,22 +61,6 @@ def list_episode_files(directory: str | os.PathLike) -> list[Path]:
     if not files:
         raise UserError(f"dataset folder {directory} holds no episode files (*.npz); expected layout: {LAYOUT}")
     return files
-
-
-def write_episode_file(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
-    """Write a compressed npz atomically: a temporary file in the same folder, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; datasets are shared like any other file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def pixels_cache_dir(directory: str | os.PathLike, img_size: int = 64) -> Path:

@@ -25,7 +25,8 @@ from utils.logger import Logger
 from utils.progress import Progress
 from utils.replay import EpisodeReplay
 from utils.checkpoint import open_checkpoint, set_global_rng_state, write_checkpoint
-from utils.runner import build_agent, check_config, check_finite, load_agent_state, plain, prefetch_batches
+from utils.agents import build_agent, load_agent_state, plain, prefetch_batches
+from utils.runner import check_config, check_finite
 from utils.seeding import seed_everything
 from utils.snapshot import save_snapshot
 from utils.summary import print_summary
@@ -55,7 +56,7 @@ def check_offline_config(cfg: DictConfig) -> None:
         raise UserError(f"holdout_fraction={fraction!r} must be a number in [0, 1)")
     if cfg.get("max_episodes") is not None:
         _positive_int(cfg, "max_episodes")
-    if cfg.get("resume", "auto") not in ("auto", "never"):
+    if cfg.resume not in ("auto", "never"):
         raise UserError(f"resume={cfg.resume!r} is not valid; valid: auto, never")
     if cfg.on_bad_file not in exorl.BAD_FILE_MODES:
         raise UserError(f"on_bad_file={cfg.on_bad_file!r} is not valid; valid: {', '.join(exorl.BAD_FILE_MODES)}")
@@ -106,11 +107,11 @@ class OfflineRunner:
             raise UserError(str(error)) from error
         self.pixels = cfg.obs_type == "pixels"
         obs_shape = (3, 64, 64) if self.pixels else self.env.obs_shape
-        self.dataset_dir = exorl.resolve_dataset_dir(cfg.get("dataset_dir"), cfg.dataset, cfg.domain,
+        self.dataset_dir = exorl.resolve_dataset_dir(cfg.dataset_dir, cfg.dataset, cfg.domain,
                                                      cfg.collection_method)
         data = exorl.load_dataset(self.dataset_dir, self.env, task=self.task, capacity=cfg.replay.capacity,
-                                  max_episodes=cfg.get("max_episodes"), relabel=cfg.relabel, pixels=self.pixels,
-                                  on_bad_file=cfg.on_bad_file, pixels_dir=cfg.get("pixels_dir"))
+                                  max_episodes=cfg.max_episodes, relabel=cfg.relabel, pixels=self.pixels,
+                                  on_bad_file=cfg.on_bad_file, pixels_dir=cfg.pixels_dir)
         episodes = data.episodes
         train_ids, held_ids = holdout_split(len(episodes), cfg.holdout_fraction, cfg.seed)
         long_enough = [i for i in train_ids if len(episodes[i]["reward"]) >= cfg.batch_length]
@@ -156,7 +157,7 @@ class OfflineRunner:
     # ------------------------------------------------------------------------------------ resuming
     def maybe_resume(self) -> dict | None:
         """Continue from the run folder's checkpoint (resume=auto), or refuse to touch it (never)."""
-        found = open_checkpoint(self.run_dir, self.cfg.get("resume", "auto"), "offline", self.device, plain(self.cfg))
+        found = open_checkpoint(self.run_dir, self.cfg.resume, "offline", self.device, plain(self.cfg))
         if found is None:
             return None
         path, payload = found
@@ -181,7 +182,7 @@ class OfflineRunner:
     def train(self) -> None:
         cfg, agent = self.cfg, self.agent
         self.threads.register()
-        checkpoint_every_s = 60 * cfg.get("checkpoint_every_min", 10)
+        checkpoint_every_s = 60 * cfg.checkpoint_every_min
         pending = sorted({int(s) for s in cfg.snapshots if int(s) > self.updates})
         beyond = [s for s in pending if s > cfg.num_train_updates]
         if beyond:

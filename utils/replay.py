@@ -14,9 +14,7 @@ the generator state a checkpoint saves, are those of a run without prefetching.
 """
 from __future__ import annotations
 
-import datetime
 import os
-import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -24,43 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.episodes import load_episode, parse_episode_name, write_episode  # noqa: F401 (load_episode: callers import it here)
+
 STORED_KEYS = ("observation", "action", "reward", "discount")
-
-
-def episode_length(path: Path) -> int:
-    """Transitions in an episode file, read from the last '_' field of the file stem (never the path)."""
-    return int(path.stem.rsplit("_", 1)[-1])
-
-
-def write_episode(episode: dict[str, np.ndarray], directory: Path, index: int) -> Path:
-    """Atomically write one episode (T rows) as a compressed npz; returns the final path."""
-    length = len(episode["reward"]) - 1
-    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
-    path = directory / f"{stamp}_{index:06d}_{length}.npz"
-    fd, tmp = tempfile.mkstemp(prefix=".episode.", suffix=".npz.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **episode)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; datasets are meant to be shared
-        os.replace(tmp, path)
-    except OSError as error:
-        Path(tmp).unlink(missing_ok=True)
-        raise OSError(error.errno, f"could not write episode {path}: {error.strerror}; "
-                                   f"earlier episodes are kept") from error
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def episode_index(path: Path) -> int:
-    """The episode counter in ``<prefix>_<index>_<length>.npz``."""
-    return int(path.stem.rsplit("_", 2)[-2])
-
-
-def load_episode(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
 
 
 class EpisodeReplay:
@@ -125,11 +89,11 @@ class EpisodeReplay:
         self.transitions = 0
         self.episodes_written = 0
         self.current = {}
-        files = sorted(self.directory.glob("*.npz"), key=episode_index)
+        files = sorted(self.directory.glob("*.npz"), key=lambda path: parse_episode_name(path)[0])
         for path in files:
-            if episode_index(path) >= episodes_written:
+            if parse_episode_name(path)[0] >= episodes_written:
                 path.unlink()
-        kept = [path for path in files if episode_index(path) < episodes_written]
+        kept = [path for path in files if parse_episode_name(path)[0] < episodes_written]
         if len(kept) != episodes_written:
             raise RuntimeError(f"replay folder {self.directory} holds {len(kept)} of the {episodes_written} "
                                f"episodes the checkpoint expects")

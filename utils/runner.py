@@ -13,12 +13,12 @@ from pathlib import Path
 import hydra.utils
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import envs
-from agent.choreo import ChoreoAgent
 from agent.report import log_openloop_video
-from utils.device import has_fast_bf16, keep_freed_host_memory, resolve_device, return_freed_host_memory
+from utils.agents import agent_class, build_agent, load_agent_state, plain, prefetch_batches
+from utils.device import resolve_device
 from utils.errors import TrainingDiverged, UserError
 from utils.logger import Logger
 from utils.progress import Progress
@@ -31,49 +31,8 @@ from utils.threads import ThreadShare
 from utils.video import VideoRecorder
 
 
-def plain(node) -> dict:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-
-
-def compile_steps(cfg: DictConfig, device) -> bool:
-    """compile=auto: on for CUDA, where it measured 1.3-1.5x on the whole update (bench/RESULTS.md);
-    off on the CPU, where it gains ~10% and costs minutes of compiling and a C++ compiler."""
-    setting = cfg.get("compile", "auto")
-    return torch.device(device).type == "cuda" if setting == "auto" else bool(setting)
-
-
-def prefetch_batches(cfg: DictConfig, device) -> bool:
-    """``prefetch_batches``: auto prefetches on CUDA only."""
-    setting = cfg.get("prefetch_batches", "auto")
-    return torch.device(device).type == "cuda" if setting == "auto" else bool(setting)
-
-
-def build_agent(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int, device) -> ChoreoAgent:
-    if cfg.precision == 16 and not has_fast_bf16(torch.device(device)):
-        print(f"warning: precision=16 on {device}: this device has no fast bf16 matrix unit (AMX, AVX512-BF16 "
-              "or a bf16 GPU), so bf16 runs slower than precision=32 here", flush=True)
-    if torch.device(device).type == "cpu" and cfg.get("low_memory"):
-        return_freed_host_memory()
-    elif torch.device(device).type == "cpu" and cfg.get("mode", "fast") == "fast":
-        keep_freed_host_memory()
-    agent_cfg = plain(cfg.agent)
-    world_model = dict(encoder=plain(cfg.encoder), decoder=plain(cfg.decoder), rssm=plain(cfg.rssm),
-                       kl=plain(cfg.kl), loss_scales=plain(cfg.loss_scales), grad_heads=agent_cfg["grad_heads"],
-                       clip_rewards=cfg.clip_rewards)
-    behaviour = dict(discount=cfg.discount, discount_lambda=cfg.discount_lambda, slow_target=cfg.slow_target,
-                     slow_target_update=cfg.slow_target_update, slow_target_fraction=cfg.slow_target_fraction)
-    return ChoreoAgent(obs_shape, action_dim, device=device, seed=cfg.seed, precision=cfg.precision,
-                       mode=cfg.get("mode", "fast"), low_memory=bool(cfg.get("low_memory", False)),
-                       cuda_graphs=bool(cfg.get("cuda_graphs", True)), compile=compile_steps(cfg, device),
-                       world_model=world_model, behaviour=behaviour, actor=plain(cfg.actor), critic=plain(cfg.critic),
-                       actor_opt=plain(cfg.actor_opt), critic_opt=plain(cfg.critic_opt),
-                       reward_head=plain(cfg.reward_head), model_opt=plain(cfg.model_opt),
-                       imag_horizon=cfg.imag_horizon, imag_starts=cfg.imag_starts,
-                       action_repeat=cfg.action_repeat, **agent_cfg)
-
-
 def make_env(task: str, cfg: DictConfig, **kwargs):
-    if cfg.get("goals_file") is not None:  # Meta-World goal file; relative to where the command was run
+    if cfg.goals_file is not None:  # Meta-World goal file; relative to where the command was run
         kwargs["goals_file"] = hydra.utils.to_absolute_path(str(Path(str(cfg.goals_file)).expanduser()))
     try:
         return envs.make(task, cfg.obs_type, cfg.action_repeat, cfg.seed, **kwargs)
@@ -82,7 +41,7 @@ def make_env(task: str, cfg: DictConfig, **kwargs):
 
 
 def resolve_task(cfg: DictConfig) -> str:
-    if cfg.get("task"):
+    if cfg.task:
         try:
             envs.domain_of(cfg.task)
         except ValueError as error:
@@ -101,39 +60,44 @@ def check_config(cfg: DictConfig) -> None:
         value = cfg.get(key)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
             raise UserError(f"{key}={value!r} must be a positive number")
-    if cfg.get("num_seed_frames", 0) < 0:
+    if "num_seed_frames" in cfg and cfg.num_seed_frames < 0:
         raise UserError(f"num_seed_frames={cfg.num_seed_frames!r} must be >= 0")
     if cfg.obs_type not in envs.OBS_TYPES:
         raise UserError(f"unknown obs_type '{cfg.obs_type}'; valid: {', '.join(envs.OBS_TYPES)}")
     if cfg.precision not in (16, 32):
         raise UserError(f"precision={cfg.precision!r} is not supported; valid: 32, 16")
-    if cfg.get("mode", "fast") not in ("fast", "eager"):
+    if cfg.mode not in ("fast", "eager"):
         raise UserError(f"mode={cfg.mode!r} is not supported; valid: fast, eager")
-    if cfg.get("low_memory", False) not in (True, False):
+    if cfg.low_memory not in (True, False):
         raise UserError(f"low_memory={cfg.low_memory!r} is not supported; valid: true, false")
-    if cfg.get("cuda_graphs", True) not in (True, False):
+    if cfg.cuda_graphs not in (True, False):
         raise UserError(f"cuda_graphs={cfg.cuda_graphs!r} is not supported; valid: true, false")
-    if cfg.get("compile", "auto") not in (True, False, "auto"):
+    if cfg.compile not in (True, False, "auto"):
         raise UserError(f"compile={cfg.compile!r} is not supported; valid: auto, true, false")
-    if cfg.get("prefetch_batches", "auto") not in (True, False, "auto"):
+    if cfg.prefetch_batches not in (True, False, "auto"):
         raise UserError(f"prefetch_batches={cfg.prefetch_batches!r} is not supported; valid: auto, true, false")
     if cfg.batch_length < 2:
         raise UserError(f"batch_length={cfg.batch_length} must be at least 2")
 
 
+def snapshot_agent(cfg: DictConfig) -> str:
+    """Whose snapshot fine-tuning starts from: ``snapshot_agent`` (null: this agent's own)."""
+    return cfg.snapshot_agent or cfg.agent.name
+
+
 def finetune_snapshot_path(cfg: DictConfig, domain: str) -> Path:
     """Where finetune.py looks for its starting snapshot (docs/algorithm.md §10.7)."""
     seed_dir = Path(str(cfg.seed))
-    if cfg.get("custom_snap_dir"):
+    if cfg.custom_snap_dir:
         base = Path(hydra.utils.to_absolute_path(cfg.custom_snap_dir))
-    elif cfg.get("from_offline"):
-        if not cfg.get("dataset") or not cfg.get("collection_method"):
+    elif cfg.from_offline:
+        if not cfg.dataset or not cfg.collection_method:
             raise UserError("from_offline=True needs dataset=... and collection_method=... (e.g. dataset=exorl "
                             "collection_method=rnd)")
         base = Path(hydra.utils.to_absolute_path(cfg.offline_snapshot_base_dir)) / cfg.dataset \
-            / cfg.collection_method / domain / cfg.agent.name
+            / cfg.collection_method / domain / snapshot_agent(cfg)
     else:
-        base = Path(hydra.utils.to_absolute_path(cfg.snapshot_base_dir)) / cfg.obs_type / domain / cfg.agent.name
+        base = Path(hydra.utils.to_absolute_path(cfg.snapshot_base_dir)) / cfg.obs_type / domain / snapshot_agent(cfg)
     return base / seed_dir / f"snapshot_{cfg.snapshot_ts}.pt"
 
 
@@ -153,20 +117,16 @@ def load_pretrained(cfg: DictConfig, domain: str) -> dict:
         if payload.get(key) != expected:
             raise UserError(f"snapshot {path} was pre-trained with {key}={payload.get(key)!r} but this run "
                             f"has {key}={expected!r}")
+    # Snapshots written before agents had names are Choreographer's.
+    made_by = payload["agent"].get("name", "choreo")
+    accepts = agent_class(cfg).loads_snapshots_of
+    if made_by != cfg.agent.name and "*" not in accepts and made_by not in accepts:
+        raise UserError(f"snapshot {path} is of agent={made_by}, and agent={cfg.agent.name} cannot start from it; "
+                        f"fine-tune it with agent={made_by}")
     if payload.get("action_repeat") not in (None, cfg.action_repeat):
         print(f"warning: snapshot {path} was trained at action_repeat={payload['action_repeat']}, "
               f"this run uses action_repeat={cfg.action_repeat}", flush=True)
     return payload
-
-
-def load_agent_state(agent, state: dict, path: Path) -> None:
-    """A checkpoint's agent state; one that does not fit this agent's networks is one line, not a traceback."""
-    try:
-        agent.load_snapshot_state(state)
-    except (RuntimeError, KeyError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{path} does not fit this run's agent ({first}); start a new run in another "
-                        f"hydra.run.dir") from error
 
 
 def check_finite(metrics: dict, step: int, frame: int) -> None:
@@ -192,8 +152,11 @@ class OnlineRunner:
         seed_everything(cfg.seed)
         self.task = resolve_task(cfg)
         self.domain = envs.domain_of(self.task)
-        exorl = bool(cfg.get("from_offline")) and cfg.get("dataset") == "exorl"
-        task_id = cfg.get("task_id")
+        if phase == "pretrain" and not agent_class(cfg).reward_free:
+            raise UserError(f"agent={cfg.agent.name} learns from the task reward and has no reward-free "
+                            f"pre-training; run finetune.py agent={cfg.agent.name} (snapshot_ts=0 trains from scratch)")
+        exorl = phase == "finetune" and cfg.from_offline and cfg.dataset == "exorl"
+        task_id = cfg.task_id
         self.train_env = make_env(self.task, cfg, exorl=exorl, task_id=task_id)
         self.eval_env = make_env(self.task, cfg, exorl=exorl, task_id=task_id)
         env = self.train_env
@@ -225,11 +188,11 @@ class OnlineRunner:
             wandb_kwargs.update(id=resumed["wandb_id"], resume="allow")
         self.logger = Logger(self.run_dir, cfg.use_tb, cfg.use_wandb, wandb_kwargs,
                              resume_frame=self.frame if resumed else None)
-        show = cfg.get("progress", "auto")
+        show = cfg.progress
         self.progress = Progress(cfg.num_train_frames, unit="frame", desc=phase, initial=self.frame,
                                  enabled=None if show == "auto" else bool(show), every_s=cfg.progress_every_s)
         self.logger.echo = self.progress.write
-        self.video = VideoRecorder(self.run_dir / "eval_video" if cfg.get("save_video") else None, fps=20)
+        self.video = VideoRecorder(self.run_dir / "eval_video" if cfg.save_video else None, fps=20)
 
     @property
     def frame(self) -> int:
@@ -241,7 +204,7 @@ class OnlineRunner:
     # ------------------------------------------------------------------------------------ resuming
     def maybe_resume(self) -> dict | None:
         """Continue from the run folder's checkpoint (resume=auto), or refuse to touch it (never)."""
-        found = open_checkpoint(self.run_dir, self.cfg.get("resume", "auto"), self.phase, self.device, plain(self.cfg))
+        found = open_checkpoint(self.run_dir, self.cfg.resume, self.phase, self.device, plain(self.cfg))
         if found is None:
             return None
         path, payload = found
@@ -273,7 +236,7 @@ class OnlineRunner:
         self.checkpointed_at = self.step
 
     def store(self, time_step: dict) -> None:
-        extra = {"physics": self.train_env.physics_state()} if self.cfg.get("save_dataset") else None
+        extra = {"physics": self.train_env.physics_state()} if self.cfg.save_dataset else None
         self.replay.add(time_step, extra)
 
     # ---------------------------------------------------------------------------------------- loop
@@ -287,11 +250,12 @@ class OnlineRunner:
         update_every = max(1, cfg.train_every_actions // repeat)
         eval_every = max(1, int(cfg.eval_every_frames) // repeat)
         log_every = max(1, cfg.log_every_frames // repeat)
-        recon_every = max(1, int(cfg.get("recon_every_frames", 100000000)) // repeat)
-        checkpoint_every_s = 60 * cfg.get("checkpoint_every_min", 10)
+        recon_every = max(1, int(cfg.recon_every_frames) // repeat)
+        checkpoint_every_s = 60 * cfg.checkpoint_every_min
         # The original's zero-shot recipe (num_train_frames < 1000) evaluates once at step 0.
         eval_at_start = self.phase == "finetune" and cfg.num_train_frames < 1000
-        pending = sorted(int(s) for s in cfg.get("snapshots") or [])
+        # Fine-tuning writes one snapshot at the end (save_ft_model), never into the pre-training folders.
+        pending = sorted(int(s) for s in cfg.snapshots or []) if self.phase == "pretrain" else []
         pending = [s for s in pending if s > self.frame]
         snapshot_written = False
 
@@ -357,7 +321,7 @@ class OnlineRunner:
                 if snapshot_written or time.time() - self.last_checkpoint >= checkpoint_every_s:
                     self.save_checkpoint()
                     snapshot_written = False
-        if self.phase == "finetune" and cfg.get("save_ft_model"):
+        if self.phase == "finetune" and cfg.save_ft_model:
             self.snapshots_written.append(save_snapshot(self.snapshot_payload(), self.run_dir / "finetuned_snapshot.pt"))
         # A finished run re-launched in the same folder resumes here and stops at once.
         if self.checkpointed_at != self.step:
@@ -371,12 +335,8 @@ class OnlineRunner:
 
     # ---------------------------------------------------------------------------------- evaluation
     def eval_episodes(self) -> list[int | None]:
-        """The Meta-World goal of each evaluation episode: every goal once without task_id
-        (docs/algorithm.md §11.5)."""
-        cfg = self.cfg
-        if self.domain == "mw" and cfg.get("task_id") is None:
-            return list(range(min(cfg.get("mw_eval_episodes", 50), self.eval_env.num_goals)))
-        return [cfg.get("task_id")] * cfg.num_eval_episodes
+        """The goal of each evaluation episode, as the environment lists them (docs/algorithm.md §11.8)."""
+        return self.eval_env.evaluation_goals(self.cfg.task_id, self.cfg.num_eval_episodes)
 
     def run_eval_episode(self, task_id, meta, eval_mode: bool, counter: list[int], pick_skill=None
                          ) -> tuple[float, np.ndarray]:
@@ -409,7 +369,7 @@ class OnlineRunner:
 
     def evaluate(self) -> None:
         cfg, agent = self.cfg, self.agent
-        eval_goals = bool(cfg.get("eval_goals"))
+        eval_goals = bool(cfg.eval_goals)
         goal_ids = self.eval_episodes()
         returns, counter = [], [0]
         meta = agent.init_meta()
@@ -427,11 +387,12 @@ class OnlineRunner:
             "episode_length": counter[0] * cfg.action_repeat / episodes,
             "episode": self.episode, "step": self.step, "total_time": self.total_time(),
         }
-        threshold = {"mw": 0.0, "jaco": 1e-4}.get(self.domain)
-        if threshold is not None and (self.domain == "mw" or eval_goals):
+        threshold = self.eval_env.success_threshold
+        if threshold is not None and (self.eval_env.goal_task or eval_goals):
             metrics["success_rate"] = float(np.mean([r > threshold for r in returns]))
-        goal_skill = cfg.get("goal_skill")
-        if eval_goals and goal_skill and goal_skill != "none" and threshold is not None:
+        goal_skill = cfg.goal_skill
+        picks_skills = hasattr(agent, "skill_for_goal")  # agents with skills: the goal-conditioned mode
+        if eval_goals and goal_skill and goal_skill != "none" and threshold is not None and picks_skills:
             goal_returns = [self.run_eval_episode(task_id, None, False, [0], self.goal_skill_picker(goal_skill))[0]
                             for task_id in goal_ids]
             metrics["goal_success_rate"] = float(np.mean([r > threshold for r in goal_returns]))

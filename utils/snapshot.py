@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 
 import torch
+
+from utils.atomic import atomic_write
 
 
 class SnapshotError(RuntimeError):
@@ -23,17 +24,10 @@ def save_snapshot(payload: dict, path: str | os.PathLike) -> Path:
     """Write ``payload`` to ``path`` through a temporary file in the same folder, then rename:
     a crash mid-write never leaves a half-written snapshot under the final name."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_write(path, sync=True) as handle:
             torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
     except BaseException as error:
-        Path(tmp).unlink(missing_ok=True)
         cause = _os_error(error)
         if cause is not None:
             raise SnapshotError(f"could not write snapshot {path}: {cause.strerror or cause}; "

@@ -1,0 +1,36 @@
+"""Files written whole or not at all: a temporary file in the same folder, renamed into place, so a
+crash (even SIGKILL) or a full disk leaves the previous file (or none) under the final name."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, sync: bool = False) -> Iterator[BinaryIO]:
+    """``with atomic_write(path) as handle: handle.write(...)``: ``path`` appears only once the block
+    has finished, with the usual file mode (mkstemp makes 0600 files); ``sync`` flushes it to disk
+    first. On any error the temporary file is removed and the error raised."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
