@@ -19,10 +19,8 @@ from models.rssm import State
 
 class APTAgent(ExplorationAgent):
     def __init__(self, obs_shape: tuple[int, ...], action_dim: int, *, knn_k: int, knn_clip: float,
-                 knn_chunk_elements: int, reward_norm: dict, actor_ent: float, task_reward_norm: dict,
-                 task_actor_ent: float, **shared):
-        super().__init__(obs_shape, action_dim, reward_norm=reward_norm, actor_ent=actor_ent,
-                         task_reward_norm=task_reward_norm, task_actor_ent=task_actor_ent, **shared)
+                 knn_chunk_elements: int, **settings):
+        super().__init__(obs_shape, action_dim, **settings)
         self.knn_k, self.knn_clip, self.knn_chunk_elements = int(knn_k), float(knn_clip), int(knn_chunk_elements)
         self.ready()
 

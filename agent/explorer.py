@@ -30,8 +30,9 @@ from models.rssm import State
 class ExplorationAgent(WorldModelAgent):
     """Abstract. A subclass builds its intrinsic model after ``super().__init__``, then calls
     ``self.ready()``, and implements ``intrinsic_reward`` (and, with a trained model,
-    ``update_intrinsic`` and ``intrinsic_optimizers``). Its ``__init__`` lists every yaml key as a
-    keyword-only argument (``utils.runner.check_agent_keys`` reads the concrete class's signature)."""
+    ``update_intrinsic`` and ``intrinsic_optimizers``). Its own yaml keys are keyword-only arguments of
+    its ``__init__``; the ones below come through ``**settings`` (``utils.agents.check_agent_keys``
+    collects the keyword-only arguments of every agent class in the hierarchy)."""
     init_from_keys = ("wm.rssm.", "wm.encoder.", "wm.decoder.", "ac.actor.")
     # Attributes holding the intrinsic model: removed by ``finetune_mode``.
     intrinsic_parts: tuple[str, ...] = ()

@@ -20,10 +20,8 @@ from models.rssm import State
 class LBSAgent(ExplorationAgent):
     intrinsic_parts = ("lbs",)
 
-    def __init__(self, obs_shape: tuple[int, ...], action_dim: int, *, reward_norm: dict, actor_ent: float,
-                 task_reward_norm: dict, task_actor_ent: float, **shared):
-        super().__init__(obs_shape, action_dim, reward_norm=reward_norm, actor_ent=actor_ent,
-                         task_reward_norm=task_reward_norm, task_actor_ent=task_actor_ent, **shared)
+    def __init__(self, obs_shape: tuple[int, ...], action_dim: int, **settings):
+        super().__init__(obs_shape, action_dim, **settings)
         head = self.reward_head_cfg
         self.lbs = LBSHead(self.feat_dim, head["layers"], head["units"], head["norm"], self.model_opt_cfg)
         self.ready()

@@ -63,10 +63,8 @@ class LatentEnsemble(nn.Module):
 class Plan2ExploreAgent(ExplorationAgent):
     intrinsic_parts = ("ensemble",)
 
-    def __init__(self, obs_shape: tuple[int, ...], action_dim: int, *, ensemble: int, reward_norm: dict,
-                 actor_ent: float, task_reward_norm: dict, task_actor_ent: float, **shared):
-        super().__init__(obs_shape, action_dim, reward_norm=reward_norm, actor_ent=actor_ent,
-                         task_reward_norm=task_reward_norm, task_actor_ent=task_actor_ent, **shared)
+    def __init__(self, obs_shape: tuple[int, ...], action_dim: int, *, ensemble: int, **settings):
+        super().__init__(obs_shape, action_dim, **settings)
         rssm, head = self.wm.rssm, self.reward_head_cfg
         self.ensemble = LatentEnsemble(rssm.deter, rssm.stoch * rssm.discrete, int(ensemble), head["layers"],
                                        head["units"], head["norm"], self.model_opt_cfg)

@@ -5,7 +5,7 @@
 1. the ground truth: the batch's frames, unchanged;
 2. the open-loop prediction: posterior reconstructions for the first ``context`` steps, then the
    prior rolled forward with the replayed actions (``rssm.imagine_actions``), decoded;
-3. the skill reconstruction: the same posterior reconstructions for ``context`` steps, then each
+3. (agents with skills) the skill reconstruction: the same posterior reconstructions for ``context`` steps, then each
    imagined deterministic state passed through the VQ encoder, snapped to its nearest code and
    decoded by the VQ decoder; stoch is sampled from the prior head given that deter, and the
    resulting feature is decoded.
@@ -47,13 +47,16 @@ def openloop_video(agent, batch: dict[str, torch.Tensor], context: int = 5, sequ
         last = {key: value[:, -1] for key, value in post.items()}
         prior = rssm.imagine_actions(action[:, context:], last)
         openloop = wm.decoder(rssm.feat(prior)).mode()
-        skill = wm.decoder(rssm.feat(skill_states(agent, prior["deter"]))).mode()
+        # Agents without skills (the baselines) have no skill row.
+        has_skills = hasattr(agent, "skill_module")
+        skill = wm.decoder(rssm.feat(skill_states(agent, prior["deter"]))).mode() if has_skills else None
 
     model = torch.cat([recon, openloop], 1)
-    skill = torch.cat([recon, skill], 1)
-    rows = [truth, _to_uint8(model), _to_uint8(skill)]  # each (N, T, 3, H, W)
-    video = torch.cat(rows, 3)  # (N, T, 3, 3H, W)
-    video = torch.cat(video.unbind(0), 3)  # (T, 3, 3H, N*W)
+    rows = [truth, _to_uint8(model)]  # each (N, T, 3, H, W)
+    if skill is not None:
+        rows.append(_to_uint8(torch.cat([recon, skill], 1)))
+    video = torch.cat(rows, 3)  # (N, T, 3, rows x H, W)
+    video = torch.cat(video.unbind(0), 3)  # (T, 3, rows x H, N*W)
     return video.cpu().numpy()
 
 

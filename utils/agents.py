@@ -51,15 +51,21 @@ def agent_class(cfg: DictConfig) -> type:
 def check_agent_keys(cfg: DictConfig, cls: type) -> None:
     """Every key under ``agent.`` must be an argument the agent takes, and every argument it needs
     must be there: one line naming the key and the agent's settings otherwise."""
-    own = inspect.signature(cls.__init__).parameters
-    taken = {name for name, p in own.items() if p.kind == p.KEYWORD_ONLY} | set(AGENT_YAML_BASE_KEYS)
+    # The keyword-only arguments of the class and of its agent bases (a baseline's own keys plus what
+    # its exploration base takes); WorldModelAgent's own come from the rest of the config.
+    own = {}
+    for klass in reversed(cls.__mro__):
+        if issubclass(klass, WorldModelAgent) and klass is not WorldModelAgent and "__init__" in vars(klass):
+            own.update({key: p for key, p in inspect.signature(klass.__init__).parameters.items()
+                        if p.kind == p.KEYWORD_ONLY})
+    taken = set(own) | set(AGENT_YAML_BASE_KEYS)
     given = {key for key in cfg.agent if key != "_target_"}
     name = cfg.agent.get("name")
     unknown = sorted(given - taken)
     if unknown:
         raise UserError(f"agent.{unknown[0]} is not a setting of agent={name}; its settings: "
                         f"{', '.join(sorted(taken))}")
-    required = {name for name, p in own.items() if p.kind == p.KEYWORD_ONLY and p.default is p.empty}
+    required = {name for name, p in own.items() if p.default is p.empty}
     missing = sorted((required | set(AGENT_YAML_BASE_KEYS)) - given)
     if missing:
         raise UserError(f"agent={name} needs agent.{missing[0]} (configs/agent/{name}.yaml sets it)")

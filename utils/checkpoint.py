@@ -19,7 +19,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 # networks or the algorithm, and resuming under it is refused.
 MAY_CHANGE_ON_RESUME = frozenset({
     "num_train_frames", "num_train_updates", "snapshots", "log_every_frames", "log_every_updates",
-    "eval_every_frames", "eval_every_updates", "num_eval_episodes", "mw_eval_episodes", "use_tb", "use_wandb",
+    "eval_every_frames", "eval_every_updates", "num_eval_episodes", "use_tb", "use_wandb",
     "progress", "progress_every_s", "checkpoint_every_min", "resume", "device", "threads", "concurrent_runs",
     "save_video", "recon_every_frames", "snapshot_base_dir", "save_ft_model", "experiment", "project_name",
     "prefetch_batches", "compile", "cuda_graphs", "mode", "low_memory", "goal_skill", "goal_steps", "pixels_dir",
