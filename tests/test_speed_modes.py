@@ -102,10 +102,10 @@ def test_low_memory_keeps_far_less_for_the_backward_pass(batch):
 
 
 def test_unknown_mode_is_refused():
-    cfg = compose_config(TINY + ["mode=quick"])
-    with pytest.raises(ValueError, match="mode='quick' is not supported; valid: fast, eager"):
-        build_agent(cfg, (24,), 6, torch.device("cpu"))
     from utils.errors import UserError
+    cfg = compose_config(TINY + ["mode=quick"])
+    with pytest.raises(UserError, match="mode='quick' is not supported; valid: fast, eager"):
+        build_agent(cfg, (24,), 6, torch.device("cpu"))
     from utils.runner import check_config
     with pytest.raises(UserError, match="mode='quick' is not supported; valid: fast, eager"):
         check_config(cfg)

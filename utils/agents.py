@@ -8,6 +8,7 @@ import inspect
 from pathlib import Path
 
 import hydra.utils
+from hydra.errors import InstantiationException
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -88,13 +89,18 @@ def build_agent(cfg: DictConfig, obs_shape: tuple[int, ...], action_dim: int, de
     behaviour = dict(discount=cfg.discount, discount_lambda=cfg.discount_lambda, slow_target=cfg.slow_target,
                      slow_target_update=cfg.slow_target_update, slow_target_fraction=cfg.slow_target_fraction)
     agent_cfg = {**plain(cfg.agent), "_target_": f"{cls.__module__}.{cls.__qualname__}"}
-    return hydra.utils.instantiate(
-        agent_cfg, obs_shape, action_dim, _convert_="all", device=device, seed=cfg.seed, precision=cfg.precision,
-        mode=cfg.mode, low_memory=bool(cfg.low_memory), cuda_graphs=bool(cfg.cuda_graphs),
-        compile=compile_steps(cfg, device), world_model=world_model, behaviour=behaviour, actor=plain(cfg.actor),
-        critic=plain(cfg.critic), actor_opt=plain(cfg.actor_opt), critic_opt=plain(cfg.critic_opt),
-        reward_head=plain(cfg.reward_head), model_opt=plain(cfg.model_opt), imag_horizon=cfg.imag_horizon,
-        imag_starts=cfg.imag_starts, action_repeat=cfg.action_repeat)
+    try:
+        return hydra.utils.instantiate(
+            agent_cfg, obs_shape, action_dim, _convert_="all", device=device, seed=cfg.seed, precision=cfg.precision,
+            mode=cfg.mode, low_memory=bool(cfg.low_memory), cuda_graphs=bool(cfg.cuda_graphs),
+            compile=compile_steps(cfg, device), world_model=world_model, behaviour=behaviour, actor=plain(cfg.actor),
+            critic=plain(cfg.critic), actor_opt=plain(cfg.actor_opt), critic_opt=plain(cfg.critic_opt),
+            reward_head=plain(cfg.reward_head), model_opt=plain(cfg.model_opt), imag_horizon=cfg.imag_horizon,
+            imag_starts=cfg.imag_starts, action_repeat=cfg.action_repeat)
+    except InstantiationException as error:  # Hydra wraps what the agent's constructor raised
+        if isinstance(error.__cause__, ValueError):
+            raise UserError(str(error.__cause__)) from error
+        raise
 
 
 def load_agent_state(agent, state: dict, path: Path) -> None:
