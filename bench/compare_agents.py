@@ -27,11 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 AGENTS = ("choreo", "lbs", "plan2explore", "apt", "dreamer")
 # Agents without reward-free pre-training are fine-tuned from scratch.
 FROM_SCRATCH = ("dreamer",)
-COMMON = ["configs=dmc_states_ar2", "preset=cpu", "domain=walker", "use_tb=false", "progress=false"]
+COMMON = ["configs=dmc_states_ar2", "preset=cpu", "use_tb=false", "progress=false"]
 
 
 def pretrain_command(out: Path, agent: str, seed: int, frames: int) -> list[str]:
-    return [sys.executable, str(REPO / "pretrain.py"), *COMMON, f"agent={agent}", f"seed={seed}",
+    return [sys.executable, str(REPO / "pretrain.py"), *COMMON, "domain=walker", f"agent={agent}", f"seed={seed}",
             f"num_train_frames={frames}", f"snapshots=[{frames}]", "threads=1",
             f"snapshot_base_dir={out / 'snapshots'}", f"hydra.run.dir={out / 'runs' / f'pt_{agent}_{seed}'}"]
 

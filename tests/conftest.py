@@ -55,3 +55,19 @@ def batch_from_rollout(rollout: dict[str, np.ndarray], batch_size: int, length: 
     batch["is_first"][:, 0] = True
     batch["is_terminal"] = batch["discount"] == 0
     return batch
+
+
+def synthetic_batch(seed: int, batch: int, length: int, obs_dim: int = 24, action_dim: int = 6) -> dict[str, torch.Tensor]:
+    """A seeded batch of random state observations, actions in [-1, 1) and rewards in [0, 1); every
+    window starts an episode."""
+    gen = torch.Generator().manual_seed(seed)
+    data = {
+        "observation": torch.randn(batch, length, obs_dim, generator=gen),
+        "action": torch.rand(batch, length, action_dim, generator=gen) * 2 - 1,
+        "reward": torch.rand(batch, length, 1, generator=gen),
+        "discount": torch.ones(batch, length, 1),
+        "is_first": torch.zeros(batch, length, dtype=torch.bool),
+        "is_terminal": torch.zeros(batch, length, dtype=torch.bool),
+    }
+    data["is_first"][:, 0] = True
+    return data

@@ -22,6 +22,7 @@ if str(REPO) not in sys.path:
 from agent.exploration import particle_entropy_reward  # noqa: E402
 from agent.skills import SkillModule  # noqa: E402
 from utils.snapshot import SnapshotError, load_snapshot, save_snapshot  # noqa: E402
+from conftest import synthetic_batch as conftest_batch  # noqa: E402
 
 DECAY, EPS = 0.99, 1e-5
 
@@ -297,17 +298,7 @@ def build_tiny_agent(seed: int):
 
 
 def synthetic_batch() -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(11)
-    batch = {
-        "observation": torch.randn(B, L, OBS_DIM, generator=gen),
-        "action": torch.rand(B, L, ACTION_DIM, generator=gen) * 2 - 1,
-        "reward": torch.rand(B, L, 1, generator=gen),
-        "discount": torch.ones(B, L, 1),
-        "is_first": torch.zeros(B, L, dtype=torch.bool),
-        "is_terminal": torch.zeros(B, L, dtype=torch.bool),
-    }
-    batch["is_first"][:, 0] = True
-    return batch
+    return conftest_batch(11, B, L, OBS_DIM, ACTION_DIM)
 
 
 def state_tensors_equal(a: dict, b: dict) -> list[str]:

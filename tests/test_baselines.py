@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from conftest import REPO, TINY, compose_config
+from conftest import synthetic_batch as conftest_batch
 from test_exorl import rollout, write_npz
 from utils.runner import build_agent
 from utils.snapshot import save_snapshot
@@ -40,17 +41,7 @@ def make_agent(name: str, *extra: str, seed: int = 0, config: str = "pretrain", 
 
 
 def synthetic_batch(seed: int = 0, batch: int = 4, length: int = 16) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    data = {
-        "observation": torch.randn(batch, length, OBS_DIM, generator=gen),
-        "action": torch.rand(batch, length, ACTION_DIM, generator=gen) * 2 - 1,
-        "reward": torch.rand(batch, length, 1, generator=gen),
-        "discount": torch.ones(batch, length, 1),
-        "is_first": torch.zeros(batch, length, dtype=torch.bool),
-    }
-    data["is_first"][:, 0] = True
-    data["is_terminal"] = data["discount"] == 0
-    return data
+    return conftest_batch(seed, batch, length, OBS_DIM, ACTION_DIM)
 
 
 # ------------------------------------------------------------------------------------ numpy helpers

@@ -1,7 +1,8 @@
 """How many compute threads a run takes (``threads``, ``concurrent_runs``).
 
 torch starts one compute thread per core. Two runs that each do so on the same cores slow each
-other 5-10x (threads spin and wait on each other), far more than sharing the cores explains. With
+other far more than sharing the cores explains (threads spin and wait on each other: 4.3x each for
+two runs on 2 cores, bench/RESULTS.md "Threads"). With
 ``threads=auto`` each run takes its share: the cores this process may use, divided by the number of
 runs of this project live on the machine. Runs find each other through one small file per process in
 a folder under the temp directory (``<tmp>/choreographer-runs-<uid>/<pid>``), which also covers a
