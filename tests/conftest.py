@@ -1,6 +1,7 @@
 """Shared fixtures: tiny configs composed from the real Hydra files, and real walker data."""
 from __future__ import annotations
 
+import ctypes.util
 import os
 import sys
 from pathlib import Path
@@ -12,6 +13,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def pytest_sessionstart(session):
+    """Every test imports the environments, which render through EGL here: without the library, say
+    so once instead of failing each test deep inside dm_control."""
+    if os.environ["MUJOCO_GL"] == "egl" and ctypes.util.find_library("EGL") is None:
+        pytest.exit("libEGL is not installed: the tests render headless through EGL (MUJOCO_GL=egl). "
+                    "Run `bash scripts/setup.sh` (or apt-get install libegl1 libgl1-mesa-dri)", returncode=4)
 
 TINY = ["preset=cpu", "batch_size=4", "batch_length=16", "imag_horizon=3", "imag_starts=32",
         "rssm.deter=32", "rssm.hidden=32", "rssm.stoch=4", "rssm.discrete=4", "reward_head.units=32",

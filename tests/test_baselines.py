@@ -18,7 +18,7 @@ from conftest import REPO, TINY, compose_config
 from conftest import synthetic_batch as conftest_batch
 from test_exorl import rollout, write_npz
 from utils.runner import build_agent
-from utils.snapshot import save_snapshot
+from utils.snapshot import load_snapshot, save_snapshot
 
 OBS_DIM, ACTION_DIM = 24, 6
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -323,8 +323,7 @@ def test_scripts_plan2explore_pixels(tmp_path):
     # run (exit 1), and the fine-tuned snapshot counts the updates.
     args = ["configs=dmc_pixels", "agent=plan2explore", "num_seed_frames=1000", "num_train_frames=1100"]
     run_script("pretrain.py", tmp_path, "pretrain", *args, "snapshots=[1100]")
-    snapshot = torch.load(tmp_path / "pretrained_models/pixels/walker/plan2explore/1/snapshot_1100.pt",
-                          weights_only=True)
+    snapshot = load_snapshot(tmp_path / "pretrained_models/pixels/walker/plan2explore/1/snapshot_1100.pt")
     assert snapshot["agent"]["name"] == "plan2explore" and "ensemble" in snapshot["agent"]["optimizers"]
     run_script("finetune.py", tmp_path, "finetune", *args, "task=walker_run", "snapshot_ts=1100")
     payload = torch.load(tmp_path / "finetune" / "finetuned_snapshot.pt", weights_only=True)
