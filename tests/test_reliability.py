@@ -39,8 +39,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     """The killed run also prefetches its batches: prefetching and resuming must both leave the
     batches, hence every weight, those of a plain uninterrupted run."""
     straight = tmp_path / "straight"
-    subprocess.run(pretrain_command(straight, "prefetch_batches=false"), cwd=tmp_path, check=True,
-                   capture_output=True, timeout=900)
+    result = subprocess.run(pretrain_command(straight, "prefetch_batches=false"), cwd=tmp_path, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(pretrain_command(killed, "prefetch_batches=true"), cwd=tmp_path, stdout=subprocess.PIPE,
