@@ -33,6 +33,7 @@ from models.compiled import compiled
 from models.conv import ConvDecoder
 from models.cuda_graph import GraphStages
 from models.optim import Optimizer, trainable
+from models.recompute import over_rows
 from models.rssm import RSSM, State, flatten_state
 
 LatentState = tuple[State, torch.Tensor]
@@ -137,13 +138,9 @@ class WorldModelAgent(nn.Module):
         self.ready()
 
     def init_from(self, pretrained: dict[str, torch.Tensor]) -> None:
-        """Copy the parts named by ``init_from_keys`` (plus ``init_from_renames``) from a pre-training
-        state dict; a part whose shape differs from this agent's is refused."""
-        copied = {}
-        for key, value in pretrained.items():
-            target = self.init_from_target(key)
-            if target is not None:
-                copied[target] = value
+        """Copy the parts named by ``init_from_keys`` from a pre-training state dict; a part whose shape
+        differs from this agent's is refused."""
+        copied = {key: value for key, value in pretrained.items() if key.startswith(self.init_from_keys)}
         own = self.state_dict()
         mismatched = [key for key, value in copied.items() if key not in own or own[key].shape != value.shape]
         if mismatched:
@@ -155,10 +152,6 @@ class WorldModelAgent(nn.Module):
         self.load_state_dict(copied, strict=False)
         self.requires_grad_(False)
         self.prepare_graphs()
-
-    def init_from_target(self, key: str) -> str | None:
-        """Where a snapshot's ``key`` goes in this agent (None: not copied)."""
-        return key if key.startswith(self.init_from_keys) else None
 
     # ----------------------------------------------------------------------------- skills (meta)
     def init_meta(self) -> np.ndarray:
@@ -235,7 +228,6 @@ class WorldModelAgent(nn.Module):
 
     def task_reward(self, _states: State, feat: torch.Tensor) -> torch.Tensor:
         """The reward head's prediction on imagined features (the fine-tuning task's reward)."""
-        from models.recompute import over_rows
         return over_rows(lambda x: self.wm.reward_head(x).mean, feat, self.low_memory).squeeze(-1)
 
     # --------------------------------------------------------------------------------- snapshots
