@@ -132,6 +132,13 @@ class MetaController(nn.Module):
                                                        self.low_memory))
             advantage = (target[1:] - value[:-2]).detach()
             entropy = selector.entropy()
+            # The executor's entropy is reported for the policy that acted in the rollout, so it is
+            # read before the executor's step below (fast mode gets it from the rollout itself).
+            if self.fast:
+                low_entropy = outputs["executor_entropy"][:-1]
+            else:
+                with torch.no_grad():
+                    low_entropy = self.executor(torch.cat([feat[:-2], skills[1:-1]], -1).detach()).entropy()
             high_loss = -(weight[:-2] * (selector.log_prob(skills[1:-1].detach()) * advantage
                                           + SELECTOR_ENTROPY * entropy)).mean()
             metrics.update(self.selector_opt(high_loss, retain_graph=self.train_executor))
@@ -139,11 +146,6 @@ class MetaController(nn.Module):
                 low_loss = -(weight[:-2] * target[1:]).mean()
                 metrics.update(self.executor_opt(low_loss))
         dist = train_critic(self, feat, target, weight, metrics)
-        if self.fast:
-            low_entropy = outputs["executor_entropy"][:-1]
-        else:
-            with torch.no_grad():
-                low_entropy = self.executor(torch.cat([feat[:-2], skills[1:-1]], -1).detach()).entropy()
         metrics.update({
             "high_actor_ent": entropy.detach().mean(), "low_actor_ent": low_entropy.mean(),
             "skills_updated": torch.zeros(self.skill_dim, device=feat.device).index_fill_(

@@ -498,15 +498,7 @@ def test_meta_controller_losses(mode):
     check(metrics, expected, [name for name in expected if name != "low_actor_ent"])
 
 
-@pytest.mark.parametrize("mode", [
-    "fast",
-    pytest.param("eager", marks=pytest.mark.xfail(strict=True, reason=(
-        "agent/meta_controller.py:144-146: in mode=eager low_actor_ent is computed after the executor's "
-        "optimiser step (line 140), i.e. with the updated skill policy, so the two modes report different "
-        "values; mode=fast (line 143) reports the entropy of the policy that acted in the rollout, as the "
-        "original does (its MetaCtrlAC.actor_loss computes it before any step; docs/algorithm.md §8.2 lists "
-        "it among the update's metrics). A metric only: no loss is affected."))),
-])
+@pytest.mark.parametrize("mode", ["fast", "eager"])
 def test_meta_controller_executor_entropy_metric(mode):
     """low_actor_ent: entropy of the executor at states 0..H-2 under the skill chosen there,
     as the policy was when it acted (before this update's steps)."""
