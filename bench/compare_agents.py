@@ -10,12 +10,14 @@ continue from their checkpoints.
 Settings are the learning check's (``bench/learning.py``: action repeat 2, an update every 2 agent
 steps in fine-tuning), the same for every agent. ``--jobs`` runs that many at once, one compute
 thread each (``threads=1``). Writes ``<out>/compare.md`` (eval return per agent at each evaluation:
-mean over seeds and a 95% bootstrap interval of that mean) and ``<out>/compare.png``, and prints the table.
+mean over seeds and a 95% bootstrap interval of that mean, and the random policy's return measured
+as the learning check measures it) and ``<out>/compare.png``, and prints the table.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import subprocess
 import sys
 import time
@@ -98,6 +100,19 @@ def bootstrap_interval(values: np.ndarray, resamples: int = 10000, seed: int = 0
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def random_policy(out: Path) -> tuple[float, float]:
+    """Mean and std of the random policy's return on walker_stand at action repeat 2, measured as the
+    learning check measures it (20 episodes, seed 1001); kept in ``<out>/random_policy.json``."""
+    path = out / "random_policy.json"
+    if not path.exists():
+        from env_check import random_returns  # bench/, beside this script
+        returns, _ = random_returns("walker_stand", 2, 20, seed=1001)
+        path.write_text(json.dumps({"mean": float(np.mean(returns)), "std": float(np.std(returns)),
+                                    "episodes": len(returns)}))
+    measured = json.loads(path.read_text())
+    return measured["mean"], measured["std"]
+
+
 def report(out: Path, args) -> str:
     curves = {agent: {seed: eval_curve(out / "runs" / f"ft_{agent}_{seed}" / "eval.csv") for seed in args.seeds}
               for agent in args.agents}
@@ -117,10 +132,12 @@ def report(out: Path, args) -> str:
             cells.append(f"{values.mean():.1f} [{low:.1f}, {high:.1f}] (n={len(values)})")
         lines.append(f"| {agent} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
+    random_mean, random_std = random_policy(out)
     (out / "compare.md").write_text(
         f"Eval return on walker_stand (10 episodes, mean action) against fine-tuning frames: mean over seeds "
         f"[95% bootstrap interval of the mean] (n seeds). Pre-training {args.pretrain_frames} frames "
-        f"(dreamer: none), fine-tuning {args.finetune_frames} frames, preset=cpu, action repeat 2.\n\n{table}\n")
+        f"(dreamer: none), fine-tuning {args.finetune_frames} frames, preset=cpu, action repeat 2. "
+        f"Random policy: {random_mean:.1f} +- {random_std:.1f} (20 episodes).\n\n{table}\n")
     if summary:
         import matplotlib
         matplotlib.use("Agg")
@@ -130,6 +147,7 @@ def report(out: Path, args) -> str:
             x, mean, low, high, _ = (np.array(column) for column in zip(*points))
             axis.plot(x, mean, marker="o", label=agent)
             axis.fill_between(x, low, high, alpha=0.2)
+        axis.axhline(random_mean, color="gray", linestyle="--", label=f"random policy ({random_mean:.0f})")
         axis.set_xlabel("fine-tuning frames")
         axis.set_ylabel("eval return (walker_stand)")
         axis.set_title(f"pre-training {args.pretrain_frames // 1000}k frames, preset=cpu; mean and 95% bootstrap CI")
