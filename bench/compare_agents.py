@@ -26,6 +26,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from utils.atomic import atomic_write  # noqa: E402
+
 AGENTS = ("choreo", "lbs", "plan2explore", "apt", "dreamer")
 # Agents without reward-free pre-training are fine-tuned from scratch.
 FROM_SCRATCH = ("dreamer",)
@@ -100,17 +104,18 @@ def bootstrap_interval(values: np.ndarray, resamples: int = 10000, seed: int = 0
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def random_policy(out: Path) -> tuple[float, float]:
-    """Mean and std of the random policy's return on walker_stand at action repeat 2, measured as the
-    learning check measures it (20 episodes, seed 1001); kept in ``<out>/random_policy.json``."""
+def random_policy(out: Path) -> dict:
+    """Mean, std and episode count of the random policy's return on walker_stand at action repeat 2,
+    measured as the learning check measures it (20 episodes, seed 1001); kept in
+    ``<out>/random_policy.json``."""
     path = out / "random_policy.json"
     if not path.exists():
         from env_check import random_returns  # bench/, beside this script
         returns, _ = random_returns("walker_stand", 2, 20, seed=1001)
-        path.write_text(json.dumps({"mean": float(np.mean(returns)), "std": float(np.std(returns)),
-                                    "episodes": len(returns)}))
-    measured = json.loads(path.read_text())
-    return measured["mean"], measured["std"]
+        with atomic_write(path) as handle:  # a half-written cache would break every later report
+            handle.write(json.dumps({"mean": float(np.mean(returns)), "std": float(np.std(returns)),
+                                     "episodes": len(returns)}).encode())
+    return json.loads(path.read_text())
 
 
 def report(out: Path, args) -> str:
@@ -132,12 +137,13 @@ def report(out: Path, args) -> str:
             cells.append(f"{values.mean():.1f} [{low:.1f}, {high:.1f}] (n={len(values)})")
         lines.append(f"| {agent} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
-    random_mean, random_std = random_policy(out)
+    random = random_policy(out)
+    random_mean = random["mean"]
     (out / "compare.md").write_text(
         f"Eval return on walker_stand (10 episodes, mean action) against fine-tuning frames: mean over seeds "
         f"[95% bootstrap interval of the mean] (n seeds). Pre-training {args.pretrain_frames} frames "
         f"(dreamer: none), fine-tuning {args.finetune_frames} frames, preset=cpu, action repeat 2. "
-        f"Random policy: {random_mean:.1f} +- {random_std:.1f} (20 episodes).\n\n{table}\n")
+        f"Random policy: {random_mean:.1f} +- {random['std']:.1f} ({random['episodes']} episodes).\n\n{table}\n")
     if summary:
         import matplotlib
         matplotlib.use("Agg")
