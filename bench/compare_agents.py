@@ -118,6 +118,23 @@ def random_policy(out: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def end_of_training_table(curves: dict, last_frames: list[int], random_mean: float) -> str:
+    """Each seed's mean over the last evaluations (one evaluation of 10 episodes moves by 50-100 for
+    the same seed, so two of them say more about where a run ended), then mean over seeds with its
+    95% bootstrap interval; seeds without all of ``last_frames`` are left out."""
+    label = " and ".join(f"{frame // 1000}k" for frame in last_frames)
+    lines = [f"| agent | per seed (mean of {label}) | mean [95% CI] | x random |", "|---|---|---|---|"]
+    for agent, per_seed in curves.items():
+        ends = np.array([np.mean([curve[frame] for frame in last_frames]) for curve in per_seed.values()
+                         if all(frame in curve for frame in last_frames)])
+        if len(ends) == 0:
+            continue
+        low, high = bootstrap_interval(ends)
+        lines.append(f"| {agent} | {' / '.join(f'{end:.1f}' for end in ends)} | {ends.mean():.1f} "
+                     f"[{low:.1f}, {high:.1f}] (n={len(ends)}) | {ends.mean() / random_mean:.2f} |")
+    return "\n".join(lines)
+
+
 def report(out: Path, args) -> str:
     curves = {agent: {seed: eval_curve(out / "runs" / f"ft_{agent}_{seed}" / "eval.csv") for seed in args.seeds}
               for agent in args.agents}
@@ -139,6 +156,7 @@ def report(out: Path, args) -> str:
     table = "\n".join(lines)
     random = random_policy(out)
     random_mean = random["mean"]
+    table += "\n\n" + end_of_training_table(curves, frames[-2:], random_mean)
     (out / "compare.md").write_text(
         f"Eval return on walker_stand (10 episodes, mean action) against fine-tuning frames: mean over seeds "
         f"[95% bootstrap interval of the mean] (n seeds). Pre-training {args.pretrain_frames} frames "
