@@ -79,7 +79,10 @@ def find_csvs(specs: list[str], csv_name: str) -> list[Path]:
             elif (match / csv_name).is_file():
                 found.append(match / csv_name)
             else:
-                found.extend(sorted(p for p in match.rglob(csv_name) if p.is_file()))
+                # A run killed before its first checkpoint and started again keeps the dead run's
+                # logs in <run>/interrupted/: not a run of its own.
+                found.extend(sorted(p for p in match.rglob(csv_name)
+                                    if p.is_file() and "interrupted" not in p.relative_to(match).parts))
     unique = list(dict.fromkeys(path.resolve() for path in found))
     if not unique:
         hint = ("; pre-training evaluates never by default (eval_every_frames=1e9): plot its episodes with "

@@ -266,6 +266,17 @@ def test_plot_writes_png_and_normalised_table(tmp_path):
     assert 0.375 <= low < 0.625 < high <= 0.875  # bounds of the bootstrap: each task's seed range
 
 
+def test_plot_skips_the_logs_a_restarted_run_set_aside(tmp_path):
+    from plot import find_csvs
+    write_csv(tmp_path / "runs" / "a" / "eval.csv", [(1000, 100)])
+    write_csv(tmp_path / "runs" / "a" / "interrupted" / "20261130T120000" / "eval.csv", [(1000, 5)])
+    write_csv(tmp_path / "runs" / "b" / "eval.csv", [(1000, 200)])
+    found = find_csvs([str(tmp_path / "runs")], "eval.csv")
+    assert [path.parent.name for path in found] == ["a", "b"]
+    aside = tmp_path / "runs" / "a" / "interrupted" / "20261130T120000"
+    assert find_csvs([str(aside)], "eval.csv") == [(aside / "eval.csv").resolve()]  # still plotted when named
+
+
 def test_plot_aggregates_match_hand_computation():
     from plot import aggregates, bootstrap, trimmed_mean
     scores = [np.array([0.1, 0.2, 0.3, 0.4]), np.array([1.0, 1.0, 1.0, 1.0])]

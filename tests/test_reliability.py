@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, compose_config
-from utils.checkpoint import open_checkpoint, write_checkpoint
+from utils.checkpoint import open_checkpoint, set_aside_unfinished_run, write_checkpoint
 from utils.errors import UserError
 from utils.runner import OnlineRunner, TrainingDiverged, check_finite
 from utils.snapshot import SnapshotError, load_snapshot, save_snapshot
@@ -35,42 +35,92 @@ def replay_files(run_dir):
     return {path.name.split("_", 1)[1]: np.load(path) for path in sorted((run_dir / "buffer").glob("*.npz"))}
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
-    """The killed run also prefetches its batches: prefetching and resuming must both leave the
-    batches, hence every weight, those of a plain uninterrupted run."""
-    straight = tmp_path / "straight"
-    result = subprocess.run(pretrain_command(straight, "prefetch_batches=false"), cwd=tmp_path, capture_output=True,
-                            text=True, timeout=900)
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The run the interrupted ones must come out as: the same settings, never stopped."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    result = subprocess.run(pretrain_command(run_dir, "prefetch_batches=false"), cwd=run_dir.parent,
+                            capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
 
-    killed = tmp_path / "killed"
-    process = subprocess.Popen(pretrain_command(killed, "prefetch_batches=true"), cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
+
+def kill_during_third_episode(command, cwd):
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in process.stdout:
         if line.startswith("| train | F: 2000"):
             break
     time.sleep(1.5)  # well into the third episode: updates running, replay partly filled
     process.send_signal(signal.SIGKILL)
     process.wait()
-    resumed = subprocess.run(pretrain_command(killed, "prefetch_batches=true"), cwd=tmp_path, capture_output=True,
-                             text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resumed from" in resumed.stdout and "at frame 2000" in resumed.stdout, resumed.stdout
 
+
+def assert_same_run(straight, other):
     final_straight = load_snapshot(straight / "checkpoint.pt")
-    final_killed = load_snapshot(killed / "checkpoint.pt")
-    assert final_straight["global_step"] == final_killed["global_step"] == 3000
-    assert final_straight["updates"] == final_killed["updates"]
-    modules_a, modules_b = final_straight["agent"]["modules"], final_killed["agent"]["modules"]
+    final_other = load_snapshot(other / "checkpoint.pt")
+    assert final_straight["global_step"] == final_other["global_step"] == 3000
+    assert final_straight["updates"] == final_other["updates"]
+    modules_a, modules_b = final_straight["agent"]["modules"], final_other["agent"]["modules"]
     for key, value in modules_a.items():
         if torch.is_tensor(value):
             assert torch.equal(value, modules_b[key]), key
-    assert csv_rows(straight / "train.csv") == csv_rows(killed / "train.csv")
-    files_a, files_b = replay_files(straight), replay_files(killed)
+    assert csv_rows(straight / "train.csv") == csv_rows(other / "train.csv")
+    files_a, files_b = replay_files(straight), replay_files(other)
     assert files_a.keys() == files_b.keys() and len(files_a) == 3
     for name in files_a:
         for key in files_a[name].files:
             np.testing.assert_array_equal(files_a[name][key], files_b[name][key])
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, straight):
+    """The killed run also prefetches its batches: prefetching and resuming must both leave the
+    batches, hence every weight, those of a plain uninterrupted run."""
+    killed = tmp_path / "killed"
+    kill_during_third_episode(pretrain_command(killed, "prefetch_batches=true"), tmp_path)
+    resumed = subprocess.run(pretrain_command(killed, "prefetch_batches=true"), cwd=tmp_path, capture_output=True,
+                             text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout and "at frame 2000" in resumed.stdout, resumed.stdout
+    assert_same_run(straight, killed)
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_fresh_and_keeps_the_old_logs(tmp_path, straight):
+    """No checkpoint yet (only the final one is due): the rerun has nothing to continue. Its logs and
+    episodes must be those of a fresh run, not the dead run's rows and episode files with its own
+    appended, and the dead run's files are moved aside, not deleted."""
+    run_dir = tmp_path / "run"
+    kill_during_third_episode(pretrain_command(run_dir, "checkpoint_every_min=1000"), tmp_path)
+    assert not (run_dir / "checkpoint.pt").exists()
+    old_rows = csv_rows(run_dir / "train.csv")
+    assert len(list((run_dir / "buffer").glob("*.npz"))) == 2 and old_rows
+    rerun = subprocess.run(pretrain_command(run_dir), cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "resumed from" not in rerun.stdout and "starting fresh" in rerun.stdout, rerun.stdout
+    assert_same_run(straight, run_dir)
+    (aside,) = (run_dir / "interrupted").iterdir()
+    assert csv_rows(aside / "train.csv") == old_rows
+    assert len(list((aside / "buffer").glob("*.npz"))) == 2
+
+
+def test_leftovers_are_set_aside_only_without_a_checkpoint_and_only_for_a_valid_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "buffer").mkdir(parents=True)
+    (run_dir / "eval.csv").write_text("frame,episode_reward\n5000,10.0\n")
+    (run_dir / "buffer" / "20260101T000000_000000_500.npz").write_bytes(b"x")
+    (run_dir / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="resume='sometimes' is not valid"):
+        set_aside_unfinished_run(run_dir, "sometimes")
+    assert (run_dir / "eval.csv").exists()
+    aside = set_aside_unfinished_run(run_dir, "never")
+    assert aside.parent == run_dir / "interrupted"
+    assert (aside / "eval.csv").read_text().endswith("5000,10.0\n")
+    assert [path.name for path in (aside / "buffer").iterdir()] == ["20260101T000000_000000_500.npz"]
+    assert not (run_dir / "eval.csv").exists() and not (run_dir / "buffer").exists()
+    assert (run_dir / "notes.txt").read_text() == "mine"
+    assert set_aside_unfinished_run(run_dir, "auto") is None  # nothing left to move
+    (run_dir / "train.csv").write_text("frame\n1000\n")
+    save_snapshot({"phase": "pretrain"}, run_dir / "checkpoint.pt")
+    assert set_aside_unfinished_run(run_dir, "auto") is None and (run_dir / "train.csv").exists()
 
 
 def test_resume_never_refuses_a_folder_with_a_checkpoint(tmp_path):

@@ -5,6 +5,7 @@ checkpoint file, written atomically so the previous one stays until the new one 
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,33 @@ def checkpoint_to_resume(run_dir: Path, mode: str) -> Path | None:
         raise UserError(f"{run_dir} already holds a checkpoint ({path.name}) and resume=never; "
                         f"use resume=auto to continue that run, or another hydra.run.dir")
     return path
+
+
+# What a run writes into its folder besides the checkpoint: the part of an earlier run that a fresh
+# start would otherwise append to (CSV rows, TensorBoard events) or mix in (episode files).
+RUN_OUTPUTS = ("train.csv", "eval.csv", "buffer", "tb", "eval_video", "finetuned_snapshot.pt")
+
+
+def set_aside_unfinished_run(run_dir: Path, mode: str) -> Path | None:
+    """A run that died before its first checkpoint leaves logs and episodes that cannot be continued;
+    a fresh start in the same folder moves them into ``interrupted/<time>/`` (kept, not deleted)
+    so its own logs and episode indices start clean. Nothing is moved when a checkpoint is there
+    (``mode``: the run's ``resume`` setting, checked here so a refused start moves nothing)."""
+    run_dir = Path(run_dir)
+    if checkpoint_to_resume(run_dir, mode) is not None:
+        return None
+    leftovers = [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    if not leftovers:
+        return None
+    target = run_dir / "interrupted" / time.strftime("%Y%m%dT%H%M%S")
+    while target.exists():
+        target = target.with_name(target.name + "_")
+    target.mkdir(parents=True)
+    for path in leftovers:
+        path.rename(target / path.name)
+    print(f"{run_dir} holds the logs of a run stopped before its first checkpoint, so nothing to continue: "
+          f"moved them to {target} and starting fresh", flush=True)
+    return target
 
 
 def flatten(config: dict, prefix: str = "") -> dict:

@@ -24,7 +24,7 @@ from utils.errors import UserError
 from utils.logger import Logger
 from utils.progress import Progress
 from utils.replay import EpisodeReplay
-from utils.checkpoint import open_checkpoint, set_global_rng_state, write_checkpoint
+from utils.checkpoint import open_checkpoint, set_aside_unfinished_run, set_global_rng_state, write_checkpoint
 from utils.agents import build_agent, load_agent_state, plain, prefetch_batches
 from utils.runner import check_config, check_finite
 from utils.seeding import seed_everything
@@ -136,6 +136,7 @@ class OfflineRunner:
         self.updates = 0
         self.elapsed_before = 0.0
         self.start_time = self.last_checkpoint = time.time()
+        set_aside_unfinished_run(self.run_dir, cfg.resume)
         resumed = self.maybe_resume()
         wandb_kwargs = dict(project=f"{cfg.project_name}_offline", group=cfg.agent.name, config=plain(cfg),
                             name=f"{cfg.experiment}_{cfg.agent.name}_{cfg.domain}_{cfg.obs_type}_{cfg.seed}")

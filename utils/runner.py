@@ -24,7 +24,7 @@ from utils.logger import Logger
 from utils.progress import Progress
 from utils.replay import EpisodeReplay
 from utils.seeding import seed_everything
-from utils.checkpoint import open_checkpoint, set_global_rng_state, write_checkpoint
+from utils.checkpoint import open_checkpoint, set_aside_unfinished_run, set_global_rng_state, write_checkpoint
 from utils.snapshot import load_snapshot, save_snapshot
 from utils.summary import print_summary
 from utils.threads import ThreadShare
@@ -169,6 +169,7 @@ class OnlineRunner:
                     self.agent.init_from(payload["agent"]["modules"])
                 except ValueError as error:
                     raise UserError(str(error)) from error
+        set_aside_unfinished_run(self.run_dir, cfg.resume)
         self.replay = EpisodeReplay(self.run_dir / "buffer", cfg.replay.capacity, cfg.batch_size, cfg.batch_length,
                                     cfg.seed, self.device, prefetch=prefetch_batches(cfg, self.device))
         self.action_rng = np.random.default_rng(cfg.seed)
