@@ -19,7 +19,7 @@ import os
 if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
     os.environ["MUJOCO_GL"] = "egl"
 
-from envs.make import DOMAINS, PRIMAL_TASKS, TASKS, domain_of, make, primal_task  # noqa: E402
+from envs.make import DOMAINS, GOAL_DOMAINS, PRIMAL_TASKS, TASKS, domain_of, make, primal_task  # noqa: E402
 from envs.wrappers import OBS_TYPES  # noqa: E402
 
-__all__ = ["DOMAINS", "OBS_TYPES", "PRIMAL_TASKS", "TASKS", "domain_of", "make", "primal_task"]
+__all__ = ["DOMAINS", "GOAL_DOMAINS", "OBS_TYPES", "PRIMAL_TASKS", "TASKS", "domain_of", "make", "primal_task"]

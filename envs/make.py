@@ -21,6 +21,8 @@ TASKS: dict[str, list[str]] = {
     "mw": ["mw_reach"],
 }
 DOMAINS = tuple(TASKS)
+# Domains whose tasks are goals reached or not: zero-shot goal evaluation (eval_goals=True) runs there.
+GOAL_DOMAINS = ("jaco", "mw")
 
 # The task whose dynamics, initial states and episode length stand for the domain in
 # pre-training (docs/algorithm.md §11.1).
