@@ -24,7 +24,7 @@ MAY_CHANGE_ON_RESUME = frozenset({
     "progress", "progress_every_s", "checkpoint_every_min", "resume", "device", "threads", "concurrent_runs",
     "save_video", "recon_every_frames", "snapshot_base_dir", "save_ft_model", "experiment", "project_name",
     "prefetch_batches", "compile", "cuda_graphs", "mode", "low_memory", "goal_skill", "goal_steps", "pixels_dir",
-    "on_bad_file", "agent.knn_chunk_elements",
+    "on_bad_file", "agent.knn_chunk_elements", "overwrite_snapshots",
 })
 
 
@@ -127,7 +127,7 @@ def open_checkpoint(run_dir: Path, mode: str, phase: str, device, config: dict |
     path = checkpoint_to_resume(run_dir, mode)
     if path is None:
         return None
-    payload = load_snapshot(path, map_location=device)
+    payload = load_snapshot(path, map_location=device, what="checkpoint")
     if payload.get("phase") != phase:
         raise UserError(f"the checkpoint in {run_dir} is from {payload.get('phase')}, not {phase}")
     if config is not None and isinstance(payload.get("config"), dict):

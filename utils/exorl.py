@@ -131,7 +131,9 @@ def load_dataset(directory: str | os.PathLike, env, *, task: str | None = None, 
     dataset = Dataset(directory, [], [])
     pending: list[tuple[int, Path, np.ndarray]] = []  # episodes still to render: (position, cache file, physics)
     total = 0
-    bar = tqdm(files, desc=f"loading {directory.name}", unit="file", disable=not progress, leave=False)
+    # Bars only on a terminal: in a log file their carriage returns glue onto the next line.
+    bar = tqdm(files, desc=f"loading {directory.name}", unit="file", disable=not progress or not sys.stderr.isatty(),
+               leave=False)
     for path in bar:
         try:
             episode = _read_episode(path, shapes, relabel, pixels, img_size)
@@ -253,7 +255,11 @@ def _render_pending(dataset: Dataset, pending: list, env, img_size: int, cache: 
 
     frames_total = sum(len(physics) for _, _, physics in pending)
     can_write = True
-    with tqdm(total=frames_total, desc=f"rendering {len(pending)} episode(s) into {cache}", unit="frame") as bar:
+    what = f"rendering {len(pending)} episode(s) into {cache}"
+    terminal = sys.stderr.isatty()
+    if not terminal:  # one plain line instead of a bar's carriage returns in a log file
+        print(f"{what} ({frames_total} frames)", file=sys.stderr, flush=True)
+    with tqdm(total=frames_total, desc=what, unit="frame", disable=not terminal) as bar:
         for position, cache_file, physics in pending:
             frames = np.empty((len(physics), 3, img_size, img_size), dtype=np.uint8)
             for t, state in enumerate(physics):

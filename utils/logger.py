@@ -32,7 +32,9 @@ COLOURS = {"train": "33", "eval": "32"}
 def format_console_line(ty: str, values: dict[str, float], colour: bool = False) -> str:
     parts = []
     for key, short, kind in CONSOLE_FIELDS[ty]:
-        value = values.get(key, 0)
+        if key not in values:  # offline rows have no episodes: nothing is made up for them
+            continue
+        value = values[key]
         if kind == "int":
             text = str(int(value))
         elif kind == "float":
@@ -117,6 +119,16 @@ class Logger:
         """Queue metrics (tensors or numbers) under ``ty`` ('train' or 'eval'), read at the next dump."""
         for key, value in metrics.items():
             self.meters[ty][key].append((frame, value))
+
+    def pending(self, ty: str) -> dict[str, list[list[float]]]:
+        """The values queued under ``ty`` since the last dump, read as numbers (for a checkpoint)."""
+        meters = self.meters[ty]
+        numbers = iter(_to_floats([value for key in meters for _, value in meters[key]]))
+        return {key: [[float(frame), next(numbers)] for frame, _ in entries] for key, entries in meters.items()}
+
+    def restore_pending(self, ty: str, pending: dict[str, list[list[float]]]) -> None:
+        for key, entries in pending.items():
+            self.meters[ty][key] = [(int(frame), value) for frame, value in entries]
 
     def dump(self, frame: int, ty: str) -> dict[str, float]:
         """Average queued values, write TensorBoard, CSV, wandb and one console line; clear the meters."""

@@ -26,44 +26,14 @@ from utils.progress import Progress
 from utils.replay import EpisodeReplay
 from utils.checkpoint import open_checkpoint, set_aside_unfinished_run, set_global_rng_state, write_checkpoint
 from utils.agents import build_agent, load_agent_state, plain, prefetch_batches
-from utils.runner import check_config, check_finite
+from utils.runner import check_finite
+from utils.settings import check_offline_config, check_settings  # noqa: F401 (check_offline_config: callers import it here)
 from utils.seeding import seed_everything
-from utils.snapshot import save_snapshot
+from utils.snapshot import check_snapshot_owner, save_snapshot
 from utils.summary import print_summary
 from utils.threads import ThreadShare
 
 EVAL_KEYS = ("model_loss", "observation_loss", "kl_loss", "reward_loss", "model_kl")
-
-
-def _positive_int(cfg: DictConfig, key: str) -> int:
-    value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise UserError(f"{key}={value!r} must be a positive integer")
-    return value
-
-
-def check_offline_config(cfg: DictConfig) -> None:
-    """One line per bad value of the offline keys (the shared ones go through ``check_config``)."""
-    check_config(cfg)
-    for key in ("num_train_updates", "log_every_updates", "eval_every_updates", "train_every_actions"):
-        _positive_int(cfg, key)
-    snapshots = cfg.get("snapshots") or []
-    for value in snapshots:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or int(value) != value:
-            raise UserError(f"snapshots={list(snapshots)!r} must list positive update counts")
-    fraction = cfg.get("holdout_fraction")
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
-        raise UserError(f"holdout_fraction={fraction!r} must be a number in [0, 1)")
-    if cfg.get("max_episodes") is not None:
-        _positive_int(cfg, "max_episodes")
-    if cfg.resume not in ("auto", "never"):
-        raise UserError(f"resume={cfg.resume!r} is not valid; valid: auto, never")
-    if cfg.on_bad_file not in exorl.BAD_FILE_MODES:
-        raise UserError(f"on_bad_file={cfg.on_bad_file!r} is not valid; valid: {', '.join(exorl.BAD_FILE_MODES)}")
-    if cfg.domain not in envs.TASKS:
-        raise UserError(f"unknown domain '{cfg.domain}'; valid domains: {', '.join(envs.TASKS)}")
-    if cfg.get("task") and cfg.task not in envs.TASKS[cfg.domain]:
-        raise UserError(f"task={cfg.task} is not a {cfg.domain} task; valid: {', '.join(envs.TASKS[cfg.domain])}")
 
 
 def holdout_split(count: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -89,7 +59,7 @@ def make_replay(episodes: list[dict[str, np.ndarray]], batch_size: int, batch_le
 
 class OfflineRunner:
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
-        check_offline_config(cfg)
+        check_settings(cfg, "offline")
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         try:
@@ -131,13 +101,22 @@ class OfflineRunner:
               f"{len(held_ids)} held out for validation", flush=True)
 
         self.agent = build_agent(cfg, obs_shape, self.env.action_dim, self.device)
+        if not self.agent.reward_free:
+            print(f"note: agent={cfg.agent.name} is not reward-free: it trains on the dataset's rewards for "
+                  f"{self.task}{' (relabelled)' if cfg.relabel else ' (as stored)'}", flush=True)
         self.snapshot_dir = Path(hydra.utils.to_absolute_path(cfg.snapshot_base_dir)) / cfg.dataset \
             / cfg.collection_method / cfg.domain / cfg.agent.name / str(cfg.seed)
         self.updates = 0
         self.elapsed_before = 0.0
         self.start_time = self.last_checkpoint = time.time()
         set_aside_unfinished_run(self.run_dir, cfg.resume)
+        # Set by utils.lifecycle: the stop signals the loop reads after every update.
+        self.stop = None
+        self.checkpointed_at = None
         resumed = self.maybe_resume()
+        for updates in cfg.snapshots:
+            if int(updates) > self.updates:
+                check_snapshot_owner(self.snapshot_path(int(updates)), self.run_dir, cfg.overwrite_snapshots)
         wandb_kwargs = dict(project=f"{cfg.project_name}_offline", group=cfg.agent.name, config=plain(cfg),
                             name=f"{cfg.experiment}_{cfg.agent.name}_{cfg.domain}_{cfg.obs_type}_{cfg.seed}")
         if resumed and resumed.get("wandb_id"):
@@ -178,6 +157,7 @@ class OfflineRunner:
         payload["replay_rng"] = self.replay.rng_state()
         write_checkpoint(self.run_dir, payload, "offline", self.total_time(), self.logger.wandb)
         self.last_checkpoint = time.time()
+        self.checkpointed_at = self.updates
 
     # ---------------------------------------------------------------------------------------- loop
     def train(self) -> None:
@@ -206,8 +186,7 @@ class OfflineRunner:
                 self.logger.log_metrics(metrics, self.frame, "train")
                 self.logger.log_metrics({
                     "fps": cfg.log_every_updates * cfg.train_every_actions / max(elapsed, 1e-9),
-                    "total_time": self.total_time(), "episode_reward": 0.0, "episode_length": 0,
-                    "episode": 0, "buffer_size": len(self.replay), "step": self.updates,
+                    "total_time": self.total_time(), "buffer_size": len(self.replay), "step": self.updates,
                 }, self.frame, "train")
                 self.logger.dump(self.frame, "train")
                 self.threads.rebalance()
@@ -219,6 +198,13 @@ class OfflineRunner:
                 snapshot_written = True
             if snapshot_written or time.time() - self.last_checkpoint >= checkpoint_every_s:
                 self.save_checkpoint()
+            if self.stop is not None and self.stop.requested:
+                if self.checkpointed_at != self.updates:
+                    self.save_checkpoint()
+                progress.close()
+                self.logger.close()
+                self.threads.close()
+                raise self.stop.stop_line(self.run_dir, f"update {self.updates}")
         # A finished run re-launched in the same folder resumes here and stops at once.
         self.save_checkpoint()
         progress.close()
@@ -243,7 +229,7 @@ class OfflineRunner:
                 loss, _, _, metrics = self.agent.wm.loss(batch)
         metrics["model_loss"] = loss
         values = {key: metrics[key] for key in EVAL_KEYS}
-        values.update(episode=0, step=self.updates, total_time=self.total_time())
+        values.update(step=self.updates, total_time=self.total_time())
         self.logger.log_metrics(values, self.frame, "eval")
         return self.logger.dump(self.frame, "eval")
 
@@ -254,7 +240,12 @@ class OfflineRunner:
                 "global_episode": 0, "global_frame": self.frame, "obs_type": cfg.obs_type, "domain": cfg.domain,
                 "task": self.task, "action_repeat": 1, "dataset": cfg.dataset,
                 "collection_method": cfg.collection_method, "dataset_dir": str(self.dataset_dir),
-                "config": plain(cfg)}
+                "config": plain(cfg), "run_dir": str(self.run_dir.resolve())}
+
+    def snapshot_path(self, updates: int) -> Path:
+        return self.snapshot_dir / f"snapshot_{updates}.pt"
 
     def save_snapshot(self, updates: int) -> Path:
-        return save_snapshot(self.snapshot_payload(), self.snapshot_dir / f"snapshot_{updates}.pt")
+        path = self.snapshot_path(updates)
+        check_snapshot_owner(path, self.run_dir, self.cfg.overwrite_snapshots)
+        return save_snapshot(self.snapshot_payload(), path)

@@ -70,6 +70,13 @@ class EpisodeReplay:
             self.current = {}
             self.add_episode(episode, write=self.save)
 
+    def current_rows(self) -> dict[str, torch.Tensor]:
+        """The unfinished episode's rows so far, as tensors (a checkpoint holds no numpy objects)."""
+        return {key: torch.from_numpy(np.stack(values)) for key, values in self.current.items()}
+
+    def set_current_rows(self, rows: dict[str, torch.Tensor]) -> None:
+        self.current = {key: list(value.numpy()) for key, value in rows.items()}
+
     def add_episode(self, episode: dict[str, np.ndarray], write: bool = False) -> None:
         if write:
             write_episode(episode, self.directory, self.episodes_written)
@@ -80,31 +87,55 @@ class EpisodeReplay:
             dropped = self.episodes.popleft()
             self.transitions -= len(dropped["reward"]) - 1
 
-    def reload(self, episodes_written: int) -> None:
+    def reload(self, episodes_written: int, on_bad_file: str = "stop") -> None:
         """Restore the replay of a resumed run from its folder: episodes ``0 .. episodes_written-1``
         are loaded in order (oldest dropped past capacity); later files (written after the
-        checkpoint by the run that died) are removed, since the resumed run writes them again."""
+        checkpoint by the run that died) are removed, since the resumed run writes them again. A
+        missing, misnamed or unreadable episode stops with one line naming it, or, with
+        ``on_bad_file=skip``, is left out with a warning (the resumed run then differs from an
+        uninterrupted one)."""
+        from utils.errors import UserError
         self._cancel_prefetch()
         self.episodes.clear()
         self.transitions = 0
         self.episodes_written = 0
         self.current = {}
-        files = sorted(self.directory.glob("*.npz"), key=lambda path: parse_episode_name(path)[0])
-        for path in files:
-            if parse_episode_name(path)[0] >= episodes_written:
+        skip = on_bad_file == "skip"
+        indexed, problems = {}, []
+        for path in sorted(self.directory.glob("*.npz")):
+            try:
+                index = parse_episode_name(path)[0]
+            except ValueError as error:
+                problems.append(f"{error}")
+                continue
+            if index >= episodes_written:
                 path.unlink()
-        kept = [path for path in files if parse_episode_name(path)[0] < episodes_written]
-        if len(kept) != episodes_written:
-            raise RuntimeError(f"replay folder {self.directory} holds {len(kept)} of the {episodes_written} "
-                               f"episodes the checkpoint expects")
-        for path in kept:
-            self.add_episode(load_episode(path))
+            else:
+                indexed[index] = path
+        missing = [index for index in range(episodes_written) if index not in indexed]
+        if missing:
+            problems.append(f"replay folder {self.directory} lacks episode(s) {', '.join(map(str, missing[:5]))}"
+                            f"{' ...' if len(missing) > 5 else ''} of the {episodes_written} the checkpoint expects")
+        episodes = []
+        for index in sorted(indexed):
+            try:
+                episodes.append(load_episode(indexed[index]))
+            except Exception as error:  # zip, zlib, npy-header and EOF errors all mean the same thing here
+                reason = (str(error).splitlines() or [""])[0] or type(error).__name__
+                problems.append(f"{indexed[index]} cannot be read: corrupt or truncated ({reason})")
+        if problems and not skip:
+            raise UserError(f"{problems[0]}; on_bad_file=skip resumes without the bad episode file(s)")
+        for problem in problems:
+            print(f"warning: {problem}; skipped (on_bad_file=skip)", flush=True)
+        for episode in episodes:
+            self.add_episode(episode)
+        self.episodes_written = episodes_written
 
     def state(self) -> dict:
         return {"episodes_written": self.episodes_written, "rng": self.rng_state()}
 
-    def load_state(self, state: dict) -> None:
-        self.reload(state["episodes_written"])
+    def load_state(self, state: dict, on_bad_file: str = "stop") -> None:
+        self.reload(state["episodes_written"], on_bad_file)
         self.set_rng_state(state["rng"])
 
     def rng_state(self) -> dict:

@@ -25,7 +25,8 @@ from utils.progress import Progress
 from utils.replay import EpisodeReplay
 from utils.seeding import seed_everything
 from utils.checkpoint import open_checkpoint, set_aside_unfinished_run, set_global_rng_state, write_checkpoint
-from utils.snapshot import load_snapshot, save_snapshot
+from utils.settings import check_config, check_settings, resolve_task  # noqa: F401 (check_config: callers import it here)
+from utils.snapshot import check_snapshot_owner, load_snapshot, save_snapshot
 from utils.summary import print_summary
 from utils.threads import ThreadShare
 from utils.video import VideoRecorder
@@ -38,46 +39,6 @@ def make_env(task: str, cfg: DictConfig, **kwargs):
         return envs.make(task, cfg.obs_type, cfg.action_repeat, cfg.seed, **kwargs)
     except ValueError as error:
         raise UserError(str(error)) from error
-
-
-def resolve_task(cfg: DictConfig) -> str:
-    if cfg.task:
-        try:
-            envs.domain_of(cfg.task)
-        except ValueError as error:
-            raise UserError(str(error)) from error
-        return cfg.task
-    if cfg.domain not in envs.TASKS:
-        raise UserError(f"unknown domain '{cfg.domain}'; valid domains: {', '.join(envs.TASKS)}")
-    return envs.primal_task(cfg.domain)
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Reject values that would fail later, deep inside the loop, with one line each."""
-    positive = ["num_train_frames", "batch_size", "batch_length", "imag_horizon", "action_repeat",
-                "train_every_actions", "log_every_frames", "eval_every_frames"]
-    for key in positive:
-        value = cfg.get(key)
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0):
-            raise UserError(f"{key}={value!r} must be a positive number")
-    if "num_seed_frames" in cfg and cfg.num_seed_frames < 0:
-        raise UserError(f"num_seed_frames={cfg.num_seed_frames!r} must be >= 0")
-    if cfg.obs_type not in envs.OBS_TYPES:
-        raise UserError(f"unknown obs_type '{cfg.obs_type}'; valid: {', '.join(envs.OBS_TYPES)}")
-    if cfg.precision not in (16, 32):
-        raise UserError(f"precision={cfg.precision!r} is not supported; valid: 32, 16")
-    if cfg.mode not in ("fast", "eager"):
-        raise UserError(f"mode={cfg.mode!r} is not supported; valid: fast, eager")
-    if cfg.low_memory not in (True, False):
-        raise UserError(f"low_memory={cfg.low_memory!r} is not supported; valid: true, false")
-    if cfg.cuda_graphs not in (True, False):
-        raise UserError(f"cuda_graphs={cfg.cuda_graphs!r} is not supported; valid: true, false")
-    if cfg.compile not in (True, False, "auto"):
-        raise UserError(f"compile={cfg.compile!r} is not supported; valid: auto, true, false")
-    if cfg.prefetch_batches not in (True, False, "auto"):
-        raise UserError(f"prefetch_batches={cfg.prefetch_batches!r} is not supported; valid: auto, true, false")
-    if cfg.batch_length < 2:
-        raise UserError(f"batch_length={cfg.batch_length} must be at least 2")
 
 
 def snapshot_agent(cfg: DictConfig) -> str:
@@ -143,7 +104,7 @@ class OnlineRunner:
     """Environment loop for pre-training (``phase='pretrain'``) and fine-tuning (``'finetune'``)."""
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path, phase: str = "pretrain"):
-        check_config(cfg)
+        check_settings(cfg, phase)
         self.cfg = cfg
         self.phase = phase
         self.run_dir = Path(run_dir)
@@ -152,9 +113,6 @@ class OnlineRunner:
         seed_everything(cfg.seed)
         self.task = resolve_task(cfg)
         self.domain = envs.domain_of(self.task)
-        if phase == "pretrain" and not agent_class(cfg).reward_free:
-            raise UserError(f"agent={cfg.agent.name} learns from the task reward and has no reward-free "
-                            f"pre-training; run finetune.py agent={cfg.agent.name} (snapshot_ts=0 trains from scratch)")
         exorl = phase == "finetune" and cfg.from_offline and cfg.dataset == "exorl"
         task_id = cfg.task_id
         self.train_env = make_env(self.task, cfg, exorl=exorl, task_id=task_id)
@@ -182,7 +140,13 @@ class OnlineRunner:
         self.elapsed_before = 0.0
         self.start_time = time.time()
         self.last_checkpoint = time.time()
+        # Set by utils.lifecycle: the stop signals the loop reads after every step.
+        self.stop = None
+        self.episode_in_progress, self.pending_metrics = None, {}
         resumed = self.maybe_resume()
+        for frame in self.snapshot_frames():
+            if frame > self.frame:
+                check_snapshot_owner(self.snapshot_path(frame), self.run_dir, cfg.overwrite_snapshots)
         wandb_kwargs = dict(project=f"{cfg.project_name}_{phase}", group=cfg.agent.name, config=plain(cfg),
                             name=f"{cfg.experiment}_{cfg.agent.name}_{self.task}_{cfg.obs_type}_{cfg.seed}")
         if resumed and resumed.get("wandb_id"):
@@ -210,31 +174,68 @@ class OnlineRunner:
             return None
         path, payload = found
         load_agent_state(self.agent, payload["agent"], path)
-        self.replay.load_state(payload["replay"])
+        self.replay.load_state(payload["replay"], self.cfg.on_bad_file)
         self.action_rng.bit_generator.state = payload["action_rng"]
         self.step, self.episode, self.updates = payload["global_step"], payload["global_episode"], payload["updates"]
         self.eval_resets, self.log_due = payload["eval_resets"], payload["log_due"]
         self.elapsed_before = payload["total_time"]
+        self.episode_in_progress = payload.get("episode_in_progress")
+        self.pending_metrics = payload.get("pending_metrics") or {}
         # Initial states come from each env's own generator, consumed only by resets: replay the resets
         # the interrupted run made so the next episode starts where it would have.
         for _ in range(self.episode):
             self.train_env.reset()
         self.fast_forward_eval_env(self.eval_resets)
         set_global_rng_state(payload["rng"])
-        print(f"resumed from {path} at frame {self.frame} (step {self.step}, episode {self.episode})", flush=True)
+        where = f"step {self.step}, episode {self.episode}" + (", mid-episode" if self.episode_in_progress else "")
+        print(f"resumed from {path} at frame {self.frame} ({where})", flush=True)
         return payload
 
     def fast_forward_eval_env(self, resets: int) -> None:
         for _ in range(resets):
             self.eval_env.reset()
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, episode: dict | None = None) -> None:
+        """``episode``: the loop's state inside an unfinished episode (a checkpoint a stop signal asked
+        for); None at an episode end."""
         payload = self.snapshot_payload()
         payload.update(replay=self.replay.state(), action_rng=self.action_rng.bit_generator.state,
-                       eval_resets=self.eval_resets, log_due=self.log_due)
+                       eval_resets=self.eval_resets, log_due=self.log_due, episode_in_progress=episode,
+                       pending_metrics=self.logger.pending("train"))
         write_checkpoint(self.run_dir, payload, self.phase, self.total_time(), self.logger.wandb)
         self.last_checkpoint = time.time()
         self.checkpointed_at = self.step
+
+    def episode_state(self, state, meta: np.ndarray, episode_reward: float, episode_step: int,
+                      snapshot_written: bool) -> dict:
+        """Everything of an unfinished episode a resumed run needs to go on exactly: its rows so far,
+        the agent's latent state and skill, and the loop's counters (the environment is brought back
+        by replaying the rows' actions, see ``resume_episode``)."""
+        latent, action = state if state is not None else ({}, None)
+        return {"rows": self.replay.current_rows(), "latent": dict(latent), "action": action,
+                "meta": torch.as_tensor(meta), "episode_reward": float(episode_reward),
+                "episode_step": int(episode_step), "snapshot_written": bool(snapshot_written)}
+
+    def resume_episode(self, saved: dict):
+        """The unfinished episode of a checkpoint, continued: the environment is reset (the same reset
+        the stopped run made) and stepped through the stored actions, which brings its simulator to the
+        same state, bit for bit; every replayed observation must equal the stored one."""
+        rows = saved["rows"]
+        time_step = self.train_env.reset()
+        for index in range(len(rows["reward"])):
+            if index > 0:
+                time_step = self.train_env.step(rows["action"][index])
+            if not np.array_equal(np.asarray(time_step["observation"]), rows["observation"][index]):
+                raise UserError(f"the checkpoint in {self.run_dir} stopped mid-episode and replaying that episode's "
+                                f"actions gives other observations at its step {index}; start a new run in another "
+                                f"hydra.run.dir")
+        self.replay.set_current_rows(rows)
+        state = None
+        if saved["action"] is not None:
+            state = ({key: value.to(self.device) for key, value in saved["latent"].items()},
+                     saved["action"].to(self.device))
+        return (time_step, state, saved["meta"].numpy(), saved["episode_reward"], saved["episode_step"],
+                saved["snapshot_written"])
 
     def store(self, time_step: dict) -> None:
         extra = {"physics": self.train_env.physics_state()} if self.cfg.save_dataset else None
@@ -255,9 +256,7 @@ class OnlineRunner:
         checkpoint_every_s = 60 * cfg.checkpoint_every_min
         # The original's zero-shot recipe (num_train_frames < 1000) evaluates once at step 0.
         eval_at_start = self.phase == "finetune" and cfg.num_train_frames < 1000
-        # Fine-tuning writes one snapshot at the end (save_ft_model), never into the pre-training folders.
-        pending = sorted(int(s) for s in cfg.snapshots or []) if self.phase == "pretrain" else []
-        pending = [s for s in pending if s > self.frame]
+        pending = [s for s in self.snapshot_frames() if s > self.frame]
         snapshot_written = False
 
         def begin_episode():
@@ -265,7 +264,12 @@ class OnlineRunner:
             self.store(time_step)
             return time_step, None, agent.init_meta(), 0.0, 0
 
-        time_step, state, meta, episode_reward, episode_step = begin_episode()
+        if self.episode_in_progress is not None and self.step < train_until:
+            time_step, state, meta, episode_reward, episode_step, snapshot_written = \
+                self.resume_episode(self.episode_in_progress)
+        else:
+            time_step, state, meta, episode_reward, episode_step = begin_episode()
+        self.logger.restore_pending("train", self.pending_metrics)
         last_dump = time.time()
         while self.step < train_until:
             if time_step["is_last"]:
@@ -322,6 +326,15 @@ class OnlineRunner:
                 if snapshot_written or time.time() - self.last_checkpoint >= checkpoint_every_s:
                     self.save_checkpoint()
                     snapshot_written = False
+            if self.stop is not None and self.stop.requested:
+                unfinished = None if time_step["is_last"] else \
+                    self.episode_state(state, meta, episode_reward, episode_step, snapshot_written)
+                if self.checkpointed_at != self.step:
+                    self.save_checkpoint(unfinished)
+                self.progress.close()
+                self.logger.close()
+                self.threads.close()
+                raise self.stop.stop_line(self.run_dir, f"frame {self.frame}")
         if self.phase == "finetune" and cfg.save_ft_model:
             self.snapshots_written.append(save_snapshot(self.snapshot_payload(), self.run_dir / "finetuned_snapshot.pt"))
         # A finished run re-launched in the same folder resumes here and stops at once.
@@ -413,7 +426,17 @@ class OnlineRunner:
         return {"agent": self.agent.snapshot_state(), "global_step": self.step, "global_episode": self.episode,
                 "global_frame": self.frame, "updates": self.updates, "obs_type": cfg.obs_type,
                 "domain": self.domain, "task": self.task, "action_repeat": cfg.action_repeat,
-                "config": plain(cfg)}
+                "config": plain(cfg), "run_dir": str(self.run_dir.resolve())}
+
+    def snapshot_frames(self) -> list[int]:
+        """The frames pre-training writes a snapshot at; fine-tuning writes one at the end
+        (save_ft_model), never into the pre-training folders."""
+        return sorted(int(s) for s in self.cfg.snapshots or []) if self.phase == "pretrain" else []
+
+    def snapshot_path(self, frame: int) -> Path:
+        return self.snapshot_dir / f"snapshot_{frame}.pt"
 
     def save_snapshot(self, frame: int) -> Path:
-        return save_snapshot(self.snapshot_payload(), self.snapshot_dir / f"snapshot_{frame}.pt")
+        path = self.snapshot_path(frame)
+        check_snapshot_owner(path, self.run_dir, self.cfg.overwrite_snapshots)
+        return save_snapshot(self.snapshot_payload(), path)
