@@ -21,6 +21,7 @@ from conftest import REPO, TINY, compose_config
 from utils import exorl
 from utils.errors import UserError
 from utils.runner import OnlineRunner, build_agent, plain
+from utils.settings import preflight
 from utils.snapshot import SnapshotError, save_snapshot
 
 # What finetune.py's OnlineRunner start-up and exit_with_one_line turn into one line.
@@ -123,6 +124,44 @@ def _empty_folder(tmp):
     (tmp / "buffer" / "README.txt").write_text("no episodes here")
 
 
+# A finished tiny pre-training run (2 episodes, checkpoint at the end), made once per session for the
+# cases about a run folder's own episode files; a case copies it into its folder and damages it.
+FINISHED_RUN = ["configs=dmc_states", "num_train_frames=2000", "num_seed_frames=1000", "snapshots=[]",
+                "checkpoint_every_min=0", "threads=1", "use_tb=false"]
+_finished_run_dir = []
+
+
+def finished_run(damage):
+    def write(tmp):
+        import shutil
+        import tempfile
+        if not _finished_run_dir:
+            run_dir = tempfile.mkdtemp(prefix="finished_run_") + "/run"
+            subprocess.run([sys.executable, str(REPO / "pretrain.py"), *TINY, *FINISHED_RUN, f"hydra.run.dir={run_dir}"],
+                           cwd=str(REPO), check=True, capture_output=True, timeout=600)
+            _finished_run_dir.append(run_dir)
+        shutil.copytree(_finished_run_dir[0], tmp / "run")
+        first, second = sorted((tmp / "run" / "buffer").glob("*.npz"))
+        damage(first, second)
+    return write
+
+
+def _truncate(path, _other):
+    path.write_bytes(path.read_bytes()[:300])
+
+
+def _text(path, _other):
+    path.write_text("not an episode")
+
+
+def _remove(_path, other):
+    other.unlink()
+
+
+def _rename(path, _other):
+    path.rename(path.with_name("episode.npz"))
+
+
 # ------------------------------------------------------------------------------------- table
 def case(kind, name, expected, write=None, overrides=(), marks=()):
     return pytest.param(kind, write, list(overrides), list(expected), id=f"{kind}-{name}", marks=marks)
@@ -133,13 +172,13 @@ CASES = [
     case("config", "unknown domain", ["unknown domain 'cheetah' in task 'cheetah_run'",
                                       "valid domains: walker, quadruped, jaco, mw"], overrides=["task=cheetah_run"]),
     case("config", "precision", ["precision=8 is not supported", "valid: 32, 16"], overrides=["precision=8"]),
-    case("config", "low_memory", ["low_memory='yes' is not supported", "valid: true, false"],
+    case("config", "low_memory", ["low_memory='yes' is not valid", "valid: true, false"],
          overrides=["low_memory=yes"]),
-    case("config", "cuda_graphs", ["cuda_graphs='on' is not supported", "valid: true, false"],
+    case("config", "cuda_graphs", ["cuda_graphs='on' is not valid", "valid: true, false"],
          overrides=["cuda_graphs=on"]),
-    case("config", "compile", ["compile='yes' is not supported", "valid: auto, true, false"],
+    case("config", "compile", ["compile='yes' is not valid", "valid: auto, true, false"],
          overrides=["compile=yes"]),
-    case("config", "prefetch_batches", ["prefetch_batches='sometimes' is not supported", "valid: auto, true, false"],
+    case("config", "prefetch_batches", ["prefetch_batches='sometimes' is not valid", "valid: auto, true, false"],
          overrides=["prefetch_batches=sometimes"]),
     case("config", "mw action repeat", ["bad action_repeat 3 for mw_reach", "valid action repeats: 1, 2"],
          overrides=["task=mw_reach", "action_repeat=3"]),
@@ -159,6 +198,8 @@ CASES = [
          write=run_checkpoint("rssm.deter=16", keep_config=False)),
     case("checkpoint", "other phase", ["the checkpoint in {tmp}/run is from finetune, not pretrain"],
          write=run_checkpoint(phase="finetune")),
+    case("checkpoint", "truncated", ["checkpoint {tmp}/run/checkpoint.pt is corrupt or truncated"],
+         write=lambda tmp: (tmp / "run").mkdir() or (tmp / "run" / "checkpoint.pt").write_bytes(b"PK\x03\x04junk")),
     case("config", "agent key the agent does not take", ["agent.skil_dim is not a setting of agent=choreo",
                                                          "its settings: ", "skill_dim"],
          overrides=["+agent.skil_dim=4"]),
@@ -204,6 +245,53 @@ CASES = [
                                      "walker_stand environment expects (41, 24)"], write=episode_file(obs_dim=39)),
     case("dataset", "misnamed file", ["episode.npz", "<prefix>_<index>_<length>.npz"],
          write=episode_file(name="episode.npz")),
+    # -- the command line, before Hydra runs (utils.settings.preflight; pretrain.py's config)
+    case("command", "misspelt key", ["num_train_frmes is not a setting of this script",
+                                     "did you mean num_train_frames?"], overrides=["num_train_frmes=3000"]),
+    case("command", "misspelt nested key", ["model_opt.lrr is not a setting", "did you mean model_opt.lr?"],
+         overrides=["model_opt.lrr=3e-4"]),
+    case("command", "unknown configs", ["configs=nonexistent names no file configs/configs/nonexistent.yaml",
+                                        "valid: dmc_pixels, dmc_states"], overrides=["configs=nonexistent"]),
+    case("command", "unknown agent", ["agent=nonexistent names no file configs/agent/nonexistent.yaml",
+                                      "valid: apt, choreo, dreamer"], overrides=["agent=nonexistent"]),
+    case("command", "unknown preset", ["preset=huge names no file configs/preset/huge.yaml", "valid: cpu, full"],
+         overrides=["preset=huge"]),
+    case("command", "word for a number", ["model_opt.lr='fast' must be a number", "its default: 0.0003"],
+         overrides=["model_opt.lr=fast"]),
+    case("command", "word for a seed", ["seed='abc' must be a number"], overrides=["seed=abc"]),
+    case("command", "number for a switch", ["use_tb=1 must be true or false"], overrides=["use_tb=1"]),
+    # -- pre-training values (pretrain.py's config)
+    case("pretrain", "seed", ["seed=-1 must be a non-negative integer"], overrides=["seed=-1"]),
+    case("pretrain", "snapshots", ["snapshots=['abc'] must list positive frame counts"],
+         overrides=["snapshots=[abc]"]),
+    case("pretrain", "snapshots not a list", ["snapshots=5 must be a list of frame counts"],
+         overrides=["snapshots=5"]),
+    case("pretrain", "goal_skill", ["goal_skill='farthest' is not valid", "valid: nearest, imagine, none"],
+         overrides=["goal_skill=farthest"]),
+    case("pretrain", "progress", ["progress='maybe' is not valid", "valid: auto, true, false"],
+         overrides=["progress=maybe"]),
+    case("pretrain", "replay capacity", ["replay.capacity=0 must be a positive integer"],
+         overrides=["replay.capacity=0"]),
+    case("pretrain", "eval_goals on walker", ["eval_goals=True evaluates goal reaching",
+                                              "walker_stand has no goals", "valid on the jaco, mw domains"],
+         overrides=["eval_goals=True"]),
+    case("pretrain", "on_bad_file", ["on_bad_file='ignore' is not valid", "valid: stop, skip"],
+         overrides=["on_bad_file=ignore"]),
+    case("pretrain", "agent needs rewards", ["agent=dreamer learns from the task reward",
+                                             "run finetune.py agent=dreamer"], overrides=["agent=dreamer"]),
+    case("config", "snapshot_agent the agent does not take", ["snapshot_agent=dreamer is not taken by agent=choreo",
+                                                              "leave snapshot_agent unset"],
+         overrides=["snapshot_agent=dreamer"]),
+    case("config", "snapshot_ts", ["snapshot_ts=-5 must be a frame count >= 0"], overrides=["snapshot_ts=-5"]),
+    # -- a resumed run's own episode files ({tmp}/run: a finished run copied, one file damaged)
+    case("buffer", "truncated episode", ["{tmp}/run/buffer/", "_000000_1000.npz cannot be read: corrupt or truncated",
+                                         "on_bad_file=skip resumes without"], write=finished_run(_truncate)),
+    case("buffer", "text for an episode", ["_000000_1000.npz cannot be read: corrupt or truncated"],
+         write=finished_run(_text)),
+    case("buffer", "missing episode", ["replay folder {tmp}/run/buffer lacks episode(s) 1 of the 2 the checkpoint "
+                                       "expects", "on_bad_file=skip"], write=finished_run(_remove)),
+    case("buffer", "misnamed episode", ["episode.npz: file name does not follow <prefix>_<index>_<length>.npz"],
+         write=finished_run(_rename)),
     # -- Meta-World goal files (task=mw_reach goals_file=goals.json, relative to the case folder)
     case("goals", "missing", ["goals file {tmp}/goals.json not found", 'expected JSON {"goal_sets": {"0": [' + LAYOUT,
                               "goals_file=null uses the shipped mw_reach_harder_goals.json"]),
@@ -253,7 +341,18 @@ def test_bad_input_gives_one_line_naming_it(tmp_path, monkeypatch, capsys, reque
     fill = lambda text: text.replace("{tmp}", str(tmp_path))  # noqa: E731
     overrides, expected = [fill(o) for o in overrides], [fill(e) for e in expected]
     with pytest.raises(ONE_LINE_ERRORS) as error:
-        if kind == "config":
+        if kind == "command":
+            with pytest.raises(SystemExit) as exited:
+                preflight("pretrain", overrides)
+            assert str(exited.value.code).startswith("error: ")
+            raise UserError(str(exited.value.code)[len("error: "):])
+        elif kind == "pretrain":  # another agent= takes none of choreo's agent.* sizes in TINY
+            other_agent = any(o.startswith("agent=") for o in overrides)
+            tiny = [o for o in TINY if not (other_agent and o.startswith("agent."))]
+            OnlineRunner(compose_config(tiny + overrides), tmp_path / "run")
+        elif kind == "buffer":
+            OnlineRunner(compose_config(TINY + FINISHED_RUN + overrides), tmp_path / "run")
+        elif kind == "config":
             OnlineRunner(compose_config(TINY + overrides, "finetune"), tmp_path / "run", phase="finetune")
         elif kind == "goals":
             cfg = compose_config(TINY + ["task=mw_reach", "goals_file=goals.json", *overrides], "finetune")
@@ -276,7 +375,7 @@ def test_bad_input_gives_one_line_naming_it(tmp_path, monkeypatch, capsys, reque
 
 def test_table_spans_all_kinds_with_enough_cases():
     kinds = [param.values[0] for param in CASES]
-    assert {"config", "snapshot", "dataset", "goals", "checkpoint"} <= set(kinds)
+    assert {"config", "snapshot", "dataset", "goals", "checkpoint", "command", "pretrain", "buffer"} <= set(kinds)
     assert len(kinds) >= 15 and all(kinds.count(kind) >= 3 for kind in set(kinds))
 
 
@@ -308,3 +407,32 @@ def test_a_valid_goals_file_is_used_for_the_run_seed_and_its_size(tmp_path, monk
         runner.train_env.close()
         runner.eval_env.close()
         runner.logger.close()
+
+
+def test_skip_resumes_without_a_damaged_episode_of_the_runs_own_buffer(tmp_path, capsys):
+    finished_run(_truncate)(tmp_path)
+    runner = OnlineRunner(compose_config(TINY + FINISHED_RUN + ["on_bad_file=skip"]), tmp_path / "run")
+    try:
+        assert len(runner.replay.episodes) == 1 and runner.replay.episodes_written == 2
+        assert "cannot be read: corrupt or truncated" in capsys.readouterr().out
+    finally:
+        runner.train_env.close()
+        runner.eval_env.close()
+        runner.logger.close()
+
+
+@pytest.mark.parametrize("script, argument, expected", [
+    ("pretrain.py", "num_train_frmes=3000", "error: num_train_frmes is not a setting of this script; did you mean "
+                                            "num_train_frames?"),
+    ("finetune.py", "agent=nonexistent", "error: agent=nonexistent names no file configs/agent/nonexistent.yaml"),
+    ("offline_train.py", "model_opt.lr=fast", "error: model_opt.lr='fast' must be a number"),
+    ("pretrain.py", "goal_skill=farthest", "error: goal_skill='farthest' is not valid; valid: nearest, imagine, none"),
+])
+def test_scripts_print_one_line_for_a_bad_command_and_leave_no_run_folder(tmp_path, script, argument, expected):
+    run_dir = tmp_path / "exp" / "run"
+    result = subprocess.run([sys.executable, str(REPO / script), argument, f"hydra.run.dir={run_dir}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(expected), line
+    assert not run_dir.exists() and not (tmp_path / "exp").exists()

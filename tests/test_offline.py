@@ -20,6 +20,9 @@ from utils.snapshot import save_snapshot
 CONSOLE_TRAIN = re.compile(
     r"^\| train \| F: \d+ \| S: \d+ \| E: \d+ \| L: \d+ \| R: -?\d+\.\d{4} \| FPS: \d+\.\d{4} \| T: \d+:\d\d:\d\d$")
 CONSOLE_EVAL = re.compile(r"^\| eval \| F: \d+ \| S: \d+ \| E: \d+ \| L: \d+ \| R: -?\d+\.\d{4} \| T: \d+:\d\d:\d\d$")
+# Offline lines: no episodes, so no E, L or R fields (nothing is made up for them).
+OFFLINE_TRAIN = re.compile(r"^\| train \| F: \d+ \| S: \d+ \| FPS: \d+\.\d{4} \| T: \d+:\d\d:\d\d$")
+OFFLINE_EVAL = re.compile(r"^\| eval \| F: \d+ \| S: \d+ \| T: \d+:\d\d:\d\d$")
 SEED_COMMAND = ["configs=dmc_states", "agent=choreo", "dataset=exorl", "collection_method=rnd", "domain=walker",
                 "seed=1"]
 SMALL = ["preset=cpu", "batch_size=4", "batch_length=16", "imag_starts=32", "num_train_updates=30",
@@ -78,10 +81,10 @@ def test_collect_then_offline_train_seed_command(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     train_lines = [line for line in result.stdout.splitlines() if line.startswith("| train")]
     eval_lines = [line for line in result.stdout.splitlines() if line.startswith("| eval")]
-    assert len(train_lines) == 3 and all(CONSOLE_TRAIN.match(line) for line in train_lines), result.stdout
-    assert train_lines[0].startswith("| train | F: 100 | S: 10 | E: 0 |")
+    assert len(train_lines) == 3 and all(OFFLINE_TRAIN.match(line) for line in train_lines), result.stdout
+    assert train_lines[0].startswith("| train | F: 100 | S: 10 | FPS: ")
     assert train_lines[-1].startswith("| train | F: 300 | S: 30 |")
-    assert len(eval_lines) == 4 and all(CONSOLE_EVAL.match(line) for line in eval_lines), result.stdout
+    assert len(eval_lines) == 4 and all(OFFLINE_EVAL.match(line) for line in eval_lines), result.stdout
 
     folder = tmp_path / "offline_models" / "exorl" / "rnd" / "walker" / "choreo" / "1"
     assert sorted(p.name for p in folder.iterdir()) == ["snapshot_20.pt", "snapshot_30.pt"]

@@ -3,6 +3,7 @@ refuses, non-finite losses stop the run, and bad input gets one line naming it."
 from __future__ import annotations
 
 import csv
+import os
 import signal
 import subprocess
 import sys
@@ -100,6 +101,139 @@ def test_a_run_killed_before_its_first_checkpoint_starts_fresh_and_keeps_the_old
     (aside,) = (run_dir / "interrupted").iterdir()
     assert csv_rows(aside / "train.csv") == old_rows
     assert len(list((aside / "buffer").glob("*.npz"))) == 2
+
+
+def stop_with(signals, command, cwd, after="| train | F: 2000", delay=1.5):
+    """Run ``command``, send each of ``signals`` once the line starting with ``after`` was printed and
+    ``delay`` seconds more have passed (well inside the next episode), and return the finished process
+    with its stderr."""
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith(after):
+            break
+    time.sleep(delay)
+    for signum in signals:
+        process.send_signal(signum)
+        time.sleep(0.05)
+    stdout, stderr = process.communicate(timeout=600)
+    return process, stderr
+
+
+STOP_SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2]
+
+
+@pytest.mark.parametrize("signum", STOP_SIGNALS, ids=[s.name for s in STOP_SIGNALS])
+def test_a_stop_signal_checkpoints_mid_episode_and_the_rerun_matches_an_uninterrupted_run(tmp_path, straight, signum):
+    """What Slurm sends before a time limit or preemption (TERM, USR1/USR2) and Ctrl-C: the run finishes
+    its step, writes a checkpoint inside the episode, says how to continue and exits with 128 + signal;
+    the rerun replays the episode's actions and ends exactly as the uninterrupted run."""
+    run_dir = tmp_path / "run"
+    process, stderr = stop_with([signum], pretrain_command(run_dir), tmp_path)
+    assert process.returncode == 128 + signum, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"stopped by {signum.name} at frame ") and "rerun the same command" in last, stderr
+    assert "Traceback" not in stderr
+    saved = load_snapshot(run_dir / "checkpoint.pt")
+    assert saved["episode_in_progress"] is not None and 2000 < saved["global_step"] < 3000
+    rerun = subprocess.run(pretrain_command(run_dir), cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"at frame {saved['global_step']} " in rerun.stdout and "mid-episode" in rerun.stdout, rerun.stdout
+    assert_same_run(straight, run_dir)
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    """The first SIGINT only asks for a stop; the second, before the loop got to it, raises at once."""
+    from utils.lifecycle import StopSignals
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)  # the handler runs in the main thread between bytecodes
+        assert stop.requested == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)  # a later signal of another kind does not replace the first
+        time.sleep(0.01)
+        assert stop.requested == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_two_quick_ctrl_c_end_the_script_with_one_line_and_no_traceback(tmp_path):
+    """Whether the second Ctrl-C lands before the step ends (no checkpoint) or while the stop is
+    written (ignored), the script ends with exit 130 and one of its two closing lines."""
+    process, stderr = stop_with([signal.SIGINT, signal.SIGINT], pretrain_command(tmp_path / "run"), tmp_path,
+                                delay=0.5)
+    assert process.returncode == 130, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(("interrupted: stopped at once, without a checkpoint", "stopped by SIGINT")), stderr
+    assert "Traceback" not in stderr
+
+
+def test_two_processes_on_one_run_folder_the_second_stops_at_once(tmp_path, straight):
+    """The second command on a held folder exits non-zero with one line naming the folder and the
+    holder's process id, touching nothing; the first finishes; the folder then resumes cleanly (and a
+    temporary file of an interrupted write left there is removed)."""
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen(pretrain_command(run_dir), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    for line in first.stdout:
+        if line.startswith("| train | F: 1000"):
+            break
+    second = subprocess.run(pretrain_command(run_dir), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 1
+    (line,) = second.stderr.strip().splitlines()
+    assert line.startswith(f"error: run folder {run_dir} is in use by another process (pid {first.pid} on "), line
+    assert line.endswith("wait for it to finish or stop it, or use another hydra.run.dir"), line
+    first.communicate(timeout=600)
+    assert first.returncode == 0
+    assert_same_run(straight, run_dir)
+    stale = run_dir / ".checkpoint.pt.abc123.tmp"
+    stale.write_bytes(b"\0" * 3_800_000)
+    rerun = subprocess.run(pretrain_command(run_dir), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "resumed from" in rerun.stdout and "removed 1 temporary file(s)" in rerun.stdout, rerun.stdout
+    assert not stale.exists()
+    assert_same_run(straight, run_dir)
+
+
+def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
+    """The holder dies by SIGKILL while holding the lock (as on a lost node): the next run takes it."""
+    from utils.lifecycle import RunFolderBusy, RunLock
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); from utils.lifecycle import RunLock; "
+        "lock = RunLock(sys.argv[2]).__enter__(); print('held', flush=True); time.sleep(600)"),
+        str(REPO), str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(RunFolderBusy, match=f"in use by another process \\(pid {holder.pid} on "):
+        RunLock(tmp_path / "run").__enter__()
+    holder.kill()
+    holder.wait()
+    with RunLock(tmp_path / "run") as lock:
+        assert f"pid {os.getpid()} " in lock.holder()
+
+
+def test_another_runs_snapshot_is_never_replaced(tmp_path, monkeypatch):
+    """A second run with the same domain, agent and seed (other settings, another run folder) stops
+    before training, naming the file, the folder that wrote it and the ways out; the writing run may
+    rewrite its own; overwrite_snapshots=true replaces it."""
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "pretrained_models" / "states" / "walker" / "choreo" / "3" / "snapshot_2000.pt"
+    first_run = tmp_path / "first"
+    save_snapshot({"run_dir": str(first_run.resolve()), "weights": torch.ones(3)}, target)
+    before = target.read_bytes()
+    overrides = TINY + ["seed=3", "snapshots=[2000]", "model_opt.lr=1e-3"]
+    with pytest.raises(UserError) as error:
+        OnlineRunner(compose_config(overrides), tmp_path / "second")
+    message = str(error.value)
+    assert "\n" not in message
+    for text in (f"snapshot {target} exists, written by run folder {first_run.resolve()}", "not replacing it",
+                 "another seed=", "another snapshot_base_dir=", "overwrite_snapshots=true"):
+        assert text in message, message
+    assert target.read_bytes() == before
+    own = OnlineRunner(compose_config(overrides), first_run)
+    assert own.save_snapshot(2000) == target and load_snapshot(target)["run_dir"] == str(first_run.resolve())
+    other = OnlineRunner(compose_config(overrides + ["overwrite_snapshots=true"]), tmp_path / "third")
+    other.save_snapshot(2000)
+    assert load_snapshot(target)["run_dir"] == str((tmp_path / "third").resolve())
 
 
 def test_leftovers_are_set_aside_only_without_a_checkpoint_and_only_for_a_valid_resume(tmp_path):
