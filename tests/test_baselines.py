@@ -105,11 +105,12 @@ def test_lbs_reward_and_loss_against_the_definition():
     np.testing.assert_allclose(reward.numpy(), expected, rtol=1e-5, atol=1e-6)
 
     # The head learns the world model's per-step KL(post || prior) from the posterior features.
-    post, kl = posterior(agent, synthetic_batch(2))
+    batch = synthetic_batch(2)
+    post, kl = posterior(agent, batch)
     feat_post = agent.wm.rssm.feat(post).numpy()
     expected_loss = -np_unit_normal_log_prob(kl.numpy()[..., None], np_mlp(agent.lbs.head, feat_post)).mean()
     before = [p.clone() for p in agent.lbs.parameters()]
-    metrics = agent.update_intrinsic(post, kl)
+    metrics = agent.update_intrinsic(post, kl, batch)
     np.testing.assert_allclose(float(metrics["lbs_loss"]), expected_loss, rtol=1e-5)
     assert all(not torch.equal(b, p) for b, p in zip(before, agent.lbs.parameters()))
 
@@ -133,12 +134,13 @@ def test_plan2explore_reward_and_loss_against_the_definition():
     assert deter_grad.grad is not None and deter_grad.grad.abs().sum() > 0
 
     # Every head predicts the posterior one-hots from the posterior deter, the losses summed.
-    post, kl = posterior(agent, synthetic_batch(2))
+    batch = synthetic_batch(2)
+    post, kl = posterior(agent, batch)
     target = post["stoch"].reshape(*post["stoch"].shape[:2], -1).numpy()
     expected_loss = -sum(np_unit_normal_log_prob(target, np_mlp(head, post["deter"].numpy())).mean()
                          for head in heads)
     before = [head.mean.weight.clone() for head in heads]
-    metrics = agent.update_intrinsic(post, kl)
+    metrics = agent.update_intrinsic(post, kl, batch)
     np.testing.assert_allclose(float(metrics["ensemble_loss"]), expected_loss, rtol=1e-5)
     assert all(not torch.equal(b, head.mean.weight) for b, head in zip(before, heads)), "every head trains"
 
