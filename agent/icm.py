@@ -1,6 +1,6 @@
 """ICM (Intrinsic Curiosity Module, Pathak et al. 2017) exploration baseline on the world model's
 features, as the Dreamer-based URLB runs it (Rajeswar et al. 2023): the error of a learned forward
-model of the latent dynamics is the exploration reward (docs/algorithm.md §14.1).
+model of the latent dynamics is the exploration reward (docs/algorithm.md §14.3).
 
 Forward model: an MLP g (``agent.forward_model`` sizes, by default the reward head's) from the
 model feature and the action to the next model feature, g(f_t, a_{t+1}) ~ f_{t+1}, trained on the

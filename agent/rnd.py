@@ -1,6 +1,6 @@
 """RND (Random Network Distillation, Burda et al. 2019) exploration baseline on the world model's
 features, as the Dreamer-based URLB runs it (Rajeswar et al. 2023): a predictor learns to match a
-fixed random network, and its error is the exploration reward (docs/algorithm.md §14.1).
+fixed random network, and its error is the exploration reward (docs/algorithm.md §14.4).
 
 Networks: a target t and a predictor p, both MLPs from the model feature to ``agent.rnd_net.rep_dim``
 outputs (hidden sizes ``agent.rnd_net``, by default the reward head's), initialised independently.
