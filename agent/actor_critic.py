@@ -19,7 +19,10 @@ from models.recompute import over_rows
 from models.returns import lambda_return, make_target, update_target
 from models.rssm import RSSM, State, imagine
 
-RewardFn = Callable[[State, torch.Tensor], torch.Tensor]
+# reward_fn(states, feat, actions) -> rewards (H+1, N) of an imagined rollout: its states (H+1, N, ...),
+# features (H+1, N, F) and actions (H+1, N, A), where actions[i] led from state i-1 to state i and
+# actions[0] is zero (docs/algorithm.md §5.1). A reward that does not read the actions may default them.
+RewardFn = Callable[[State, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def train_critic(owner: nn.Module, inputs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
@@ -79,12 +82,18 @@ class ActorCritic(nn.Module):
                 with_entropy: bool = False) -> tuple[State, dict[str, torch.Tensor]]:
         """Imagined states (H+1, N, ...) under this actor, ``cond`` (N, C) held fixed, and with
         ``with_entropy`` the policy entropy of each step (H, N) under the key ``entropy``."""
+        states, _, outputs = self.imagine_rollout(rssm, start, horizon, cond, with_entropy)
+        return states, outputs
+
+    def imagine_rollout(self, rssm: RSSM, start: State, horizon: int, cond: torch.Tensor | None = None,
+                        with_entropy: bool = False) -> tuple[State, torch.Tensor, dict[str, torch.Tensor]]:
+        """``imagine`` with the actions too: states (H+1, N, ...), actions (H+1, N, A) with a zero
+        action at index 0, and the per-step outputs."""
         step = None
         if self.compiled_step is not None:
             step = lambda state: self.compiled_step(rssm, state, cond, with_entropy)  # noqa: E731
-        states, _, outputs = imagine(rssm, lambda feat, _t: self.imagined_action(feat, cond, with_entropy), start,
-                                     horizon, recompute_steps=self.low_memory, step=step)
-        return states, outputs
+        return imagine(rssm, lambda feat, _t: self.imagined_action(feat, cond, with_entropy), start, horizon,
+                       recompute_steps=self.low_memory, step=step)
 
     def imagined_action(self, feat: torch.Tensor, cond: torch.Tensor | None, with_entropy: bool
                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -108,12 +117,12 @@ class ActorCritic(nn.Module):
         """The tensor work of ``update`` (recordable as a CUDA graph): everything but the target refresh."""
         p = self.prefix
         with trainable(self.actor):
-            states, outputs = self.imagine(rssm, start, horizon, cond, with_entropy=self.fast)
+            states, actions, outputs = self.imagine_rollout(rssm, start, horizon, cond, with_entropy=self.fast)
             feat = rssm.feat(states)
-            if self.low_memory:  # the rewards read at most ``deter``; the stacked one-hots can go
+            if self.low_memory:  # the rewards read at most ``deter`` of the states; the stacked one-hots can go
                 states = {"deter": states["deter"]}
             inputs = self.policy_input(feat, cond)
-            reward, metrics = self.reward_norm(reward_fn(states, feat), prefix=f"{p}reward")
+            reward, metrics = self.reward_norm(reward_fn(states, feat, actions), prefix=f"{p}reward")
             target, weight, value = self.targets(inputs, reward)
             if self.fast:
                 ent = outputs["entropy"][:-1]

@@ -24,7 +24,8 @@ class APTAgent(ExplorationAgent):
         self.knn_k, self.knn_clip, self.knn_chunk_elements = int(knn_k), float(knn_clip), int(knn_chunk_elements)
         self.ready()
 
-    def intrinsic_reward(self, states: State, _feat: torch.Tensor) -> torch.Tensor:
+    def intrinsic_reward(self, states: State, _feat: torch.Tensor, _actions: torch.Tensor | None = None
+                         ) -> torch.Tensor:
         deter = states["deter"]
         entropy = particle_entropy_reward(deter.reshape(-1, deter.shape[-1]).detach(), self.knn_k, self.knn_clip,
                                           self.knn_chunk_elements, fused=self.fast)

@@ -226,7 +226,7 @@ class WorldModelAgent(nn.Module):
         refresh_target(ac)
         return metrics
 
-    def task_reward(self, _states: State, feat: torch.Tensor) -> torch.Tensor:
+    def task_reward(self, _states: State, feat: torch.Tensor, _actions: torch.Tensor | None = None) -> torch.Tensor:
         """The reward head's prediction on imagined features (the fine-tuning task's reward)."""
         return over_rows(lambda x: self.wm.reward_head(x).mean, feat, self.low_memory).squeeze(-1)
 

@@ -145,7 +145,7 @@ class ChoreoAgent(WorldModelAgent):
 
     # ---------------------------------------------------------------------------------- training
     def skill_reward(self, skill: torch.Tensor):
-        def reward(states: State, _feat: torch.Tensor) -> torch.Tensor:
+        def reward(states: State, _feat: torch.Tensor, _actions: torch.Tensor | None = None) -> torch.Tensor:
             deter = states["deter"]
             entropy = particle_entropy_reward(deter.reshape(-1, deter.shape[-1]).detach(), self.knn_k,
                                               self.knn_clip, self.knn_chunk_elements, fused=self.fast)
@@ -210,8 +210,10 @@ class ChoreoAgent(WorldModelAgent):
 
     def _exploration_step(self, start: State) -> dict[str, torch.Tensor]:
         with self.autocast():
-            return self.expl_ac.update_step(self.wm.rssm, start, self.imag_horizon,
-                                            lambda _states, feat: over_rows(self.lbs, feat, self.low_memory))
+            return self.expl_ac.update_step(self.wm.rssm, start, self.imag_horizon, self.lbs_reward)
+
+    def lbs_reward(self, _states: State, feat: torch.Tensor, _actions: torch.Tensor | None = None) -> torch.Tensor:
+        return over_rows(self.lbs, feat, self.low_memory)
 
     def update_skill_module(self, start: State) -> dict[str, torch.Tensor]:
         metrics = self.stages.run("skill_module", self._skill_module_step, start["deter"])

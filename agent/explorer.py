@@ -1,15 +1,16 @@
 """Exploration baselines on the shared world model (the Dreamer-based URLB protocol).
 
-``ExplorationAgent`` is what LBS, Plan2Explore and APT (agent/lbs.py, agent/plan2explore.py,
-agent/apt.py) have in common; a subclass supplies only its intrinsic reward and, where it has one,
-the model that reward comes from.
+``ExplorationAgent`` is what LBS, Plan2Explore, APT, ICM and RND (agent/lbs.py, agent/plan2explore.py,
+agent/apt.py, agent/icm.py, agent/rnd.py) have in common; a subclass supplies only its intrinsic
+reward and, where it has one, the model that reward comes from.
 
 * Pre-training, one update on one replay batch: (1) the world model (docs/algorithm.md §3.4);
-  (2) start states = the detached posterior states; (3) the intrinsic model
-  (``update_intrinsic``); (4) the actor-critic ``ac`` in imagination (§5) on
-  ``intrinsic_reward(states, feat)``, normalised by StreamNorm with ``agent.reward_norm`` and entropy
-  scale ``agent.actor_ent`` (Choreographer's exploration settings). The actor acts in the
-  environment. ``update_offline`` (the base class's) is this same step: it needs no environment.
+  (2) start states = the detached posterior states; (3) the intrinsic model (``update_intrinsic``,
+  on the posterior, the per-step KL and the batch); (4) the actor-critic ``ac`` in imagination (§5)
+  on ``intrinsic_reward(states, feat, actions)`` of the imagined rollout, normalised by StreamNorm
+  with ``agent.reward_norm`` and entropy scale ``agent.actor_ent`` (Choreographer's exploration
+  settings). The actor acts in the environment. ``update_offline`` (the base class's) is this same
+  step: it needs no environment.
 * Fine-tuning (``finetune_mode``): the intrinsic model is dropped and ``ac`` becomes a task
   actor-critic trained in imagination on the reward head's prediction (DreamerV2's task behaviour:
   ``agent.task_reward_norm``, momentum 1 = no normalisation, entropy ``agent.task_actor_ent``).
@@ -44,12 +45,15 @@ class ExplorationAgent(WorldModelAgent):
         self.ac = ActorCritic(self.feat_dim, action_dim, reward_norm=reward_norm, actor_ent=actor_ent, **self.ac_args)
 
     # ------------------------------------------------------------------------- the intrinsic model
-    def intrinsic_reward(self, states: State, feat: torch.Tensor) -> torch.Tensor:
-        """Reward (H+1, N) of imagined states (H+1, N, ...) with features ``feat`` (H+1, N, F)."""
+    def intrinsic_reward(self, states: State, feat: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Reward (H+1, N) of imagined states (H+1, N, ...) with features ``feat`` (H+1, N, F), reached
+        by ``actions`` (H+1, N, A): ``actions[i]`` led from state i-1 to state i, ``actions[0]`` is zero."""
         raise NotImplementedError
 
-    def update_intrinsic(self, post: State, kl: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One step of the intrinsic model on the batch's posterior (B, T, ...) and per-step KL (B, T)."""
+    def update_intrinsic(self, post: State, kl: torch.Tensor, batch: dict[str, torch.Tensor]
+                         ) -> dict[str, torch.Tensor]:
+        """One step of the intrinsic model on the batch's posterior (B, T, ...), per-step KL (B, T) and
+        the batch itself (its ``action`` and ``is_first``, B, T, ...)."""
         return {}
 
     def intrinsic_optimizers(self) -> dict[str, Optimizer]:
@@ -86,6 +90,6 @@ class ExplorationAgent(WorldModelAgent):
         if self.is_ft:
             metrics.update(self.update_behaviour("task_behaviour", self.ac, start, self.task_reward))
             return metrics
-        metrics.update(self.update_intrinsic(post, kl))
+        metrics.update(self.update_intrinsic(post, kl, batch))
         metrics.update(self.update_behaviour("exploration", self.ac, start, self.intrinsic_reward))
         return metrics

@@ -29,10 +29,12 @@ class LBSAgent(ExplorationAgent):
     def intrinsic_optimizers(self) -> dict[str, Optimizer]:
         return {"lbs": self.lbs.opt}
 
-    def intrinsic_reward(self, _states: State, feat: torch.Tensor) -> torch.Tensor:
+    def intrinsic_reward(self, _states: State, feat: torch.Tensor, _actions: torch.Tensor | None = None
+                         ) -> torch.Tensor:
         return over_rows(self.lbs, feat, self.low_memory)
 
-    def update_intrinsic(self, post: State, kl: torch.Tensor) -> dict[str, torch.Tensor]:
+    def update_intrinsic(self, post: State, kl: torch.Tensor, _batch: dict[str, torch.Tensor]
+                         ) -> dict[str, torch.Tensor]:
         return dict(self.stages.run("lbs", self._lbs_step, post, kl))
 
     def _lbs_step(self, post: State, kl: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -19,8 +19,8 @@ dynamics gradient flows through the heads.
 Why ``deter`` and no action: the original predicts the next latent from the features and the
 action (DreamerV2: ``disag_action_cond``, ``disag_offset: 1``). Here ``deter_t`` already carries
 the previous stochastic state and action through the GRU, so predicting ``stoch_t`` from it is
-the same one-step prediction; and the imagined reward sees states only (``reward_fn(states,
-feat)`` of the actor-critic), not the actions that led to them.
+the same one-step prediction, and it needs no action input. (The imagined rewards do see the
+actions, ``reward_fn(states, feat, actions)``, which ICM uses: agent/icm.py.)
 """
 from __future__ import annotations
 
@@ -73,10 +73,12 @@ class Plan2ExploreAgent(ExplorationAgent):
     def intrinsic_optimizers(self) -> dict[str, Optimizer]:
         return {"ensemble": self.ensemble.opt}
 
-    def intrinsic_reward(self, states: State, _feat: torch.Tensor) -> torch.Tensor:
+    def intrinsic_reward(self, states: State, _feat: torch.Tensor, _actions: torch.Tensor | None = None
+                         ) -> torch.Tensor:
         return over_rows(self.ensemble.disagreement, states["deter"], self.low_memory)
 
-    def update_intrinsic(self, post: State, kl: torch.Tensor) -> dict[str, torch.Tensor]:
+    def update_intrinsic(self, post: State, kl: torch.Tensor, _batch: dict[str, torch.Tensor]
+                         ) -> dict[str, torch.Tensor]:
         return dict(self.stages.run("ensemble", self._ensemble_step, post["deter"], post["stoch"]))
 
     def _ensemble_step(self, deter: torch.Tensor, stoch: torch.Tensor) -> dict[str, torch.Tensor]:

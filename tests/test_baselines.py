@@ -1,5 +1,5 @@
 """The baselines on the shared world model (agent/explorer.py, lbs.py, plan2explore.py, apt.py,
-dreamer.py): each exploration reward and intrinsic-model loss recomputed here from its definition
+dreamer.py; icm.py and rnd.py's own checks are in tests/test_icm_rnd.py): each exploration reward and intrinsic-model loss recomputed here from its definition
 (numpy, float64, network outputs from the layers' weights), what fine-tuning copies and trains,
 Dreamer's world-model-only start, and the real scripts end to end with tiny networks."""
 from __future__ import annotations
@@ -25,12 +25,16 @@ LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 # TINY without the keys of choreo's yaml, which the other agents do not take.
 BASE = [o for o in TINY if not o.startswith("agent.")]
 AGENT_EXTRA = {"apt": ["agent.knn_k=5"]}
-EXPLORERS = ["lbs", "plan2explore", "apt"]
+EXPLORERS = ["lbs", "plan2explore", "apt", "icm", "rnd"]
 # The attribute holding each explorer's intrinsic model (also its optimiser's name), its parameter
 # groups and its loss metric.
-INTRINSIC = {"lbs": "lbs", "plan2explore": "ensemble", "apt": None}
-INTRINSIC_GROUPS = {"lbs": {"lbs.head"}, "plan2explore": {"ensemble.heads"}, "apt": set()}
-INTRINSIC_LOSS = {"lbs": {"lbs_loss"}, "plan2explore": {"ensemble_loss"}, "apt": set()}
+INTRINSIC = {"lbs": "lbs", "plan2explore": "ensemble", "apt": None, "icm": "icm", "rnd": "rnd"}
+INTRINSIC_GROUPS = {"lbs": {"lbs.head"}, "plan2explore": {"ensemble.heads"}, "apt": set(), "icm": {"icm.head"},
+                    "rnd": {"rnd.predictor", "rnd.moments"}}
+INTRINSIC_LOSS = {"lbs": {"lbs_loss"}, "plan2explore": {"ensemble_loss"}, "apt": set(), "icm": {"icm_loss"},
+                  "rnd": {"rnd_loss"}}
+# The exploration reward's StreamNorm momentum: RND divides by its error's running std instead.
+EXPLORATION_NORM = {"rnd": 1.0}
 WORLD_MODEL = ("wm.rssm.", "wm.encoder.", "wm.decoder.")
 
 
@@ -105,11 +109,12 @@ def test_lbs_reward_and_loss_against_the_definition():
     np.testing.assert_allclose(reward.numpy(), expected, rtol=1e-5, atol=1e-6)
 
     # The head learns the world model's per-step KL(post || prior) from the posterior features.
-    post, kl = posterior(agent, synthetic_batch(2))
+    batch = synthetic_batch(2)
+    post, kl = posterior(agent, batch)
     feat_post = agent.wm.rssm.feat(post).numpy()
     expected_loss = -np_unit_normal_log_prob(kl.numpy()[..., None], np_mlp(agent.lbs.head, feat_post)).mean()
     before = [p.clone() for p in agent.lbs.parameters()]
-    metrics = agent.update_intrinsic(post, kl)
+    metrics = agent.update_intrinsic(post, kl, batch)
     np.testing.assert_allclose(float(metrics["lbs_loss"]), expected_loss, rtol=1e-5)
     assert all(not torch.equal(b, p) for b, p in zip(before, agent.lbs.parameters()))
 
@@ -133,12 +138,13 @@ def test_plan2explore_reward_and_loss_against_the_definition():
     assert deter_grad.grad is not None and deter_grad.grad.abs().sum() > 0
 
     # Every head predicts the posterior one-hots from the posterior deter, the losses summed.
-    post, kl = posterior(agent, synthetic_batch(2))
+    batch = synthetic_batch(2)
+    post, kl = posterior(agent, batch)
     target = post["stoch"].reshape(*post["stoch"].shape[:2], -1).numpy()
     expected_loss = -sum(np_unit_normal_log_prob(target, np_mlp(head, post["deter"].numpy())).mean()
                          for head in heads)
     before = [head.mean.weight.clone() for head in heads]
-    metrics = agent.update_intrinsic(post, kl)
+    metrics = agent.update_intrinsic(post, kl, batch)
     np.testing.assert_allclose(float(metrics["ensemble_loss"]), expected_loss, rtol=1e-5)
     assert all(not torch.equal(b, head.mean.weight) for b, head in zip(before, heads)), "every head trains"
 
@@ -175,12 +181,13 @@ def test_pretraining_update_trains_model_intrinsic_model_and_exploration(name):
     assert agent.optimizers().keys() == {"model", "actor", "critic"} | ({part} if part else set())
     before = floats(agent)
     metrics = agent.update(synthetic_batch())
+    momentum = EXPLORATION_NORM.get(name, 0.95)
     expected = {"wm.encoder", "wm.rssm", "wm.decoder", "wm.reward_head", "ac.actor", "ac.critic",
-                "ac.target_critic", "ac.reward_norm"} | INTRINSIC_GROUPS[name]
+                "ac.target_critic"} | ({"ac.reward_norm"} if momentum < 1 else set()) | INTRINSIC_GROUPS[name]
     assert changed_groups(before, floats(agent)) == expected
     assert {"model_loss", "actor_loss", "critic_loss", "reward_mean"} | INTRINSIC_LOSS[name] <= set(metrics)
     assert all(torch.isfinite(value).all() for value in metrics.values())
-    assert agent.ac.reward_norm.momentum == 0.95 and agent.ac.actor_ent == 0.0
+    assert agent.ac.reward_norm.momentum == momentum and agent.ac.actor_ent == 0.0
 
 
 @pytest.mark.parametrize("name", EXPLORERS)
