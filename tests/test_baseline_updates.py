@@ -97,7 +97,8 @@ def head_mean(head, x: torch.Tensor) -> torch.Tensor:
 def actor_normal(actor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """mu = tanh(m), sigma = 2 sigmoid(s / 2) + 0.1 (docs/algorithm.md §4.1)."""
     hidden = apply_layers(actor.trunk, x)
-    return torch.tanh(apply_layers([actor.mean], hidden)), 2 * torch.sigmoid(apply_layers([actor.std], hidden) / 2) + MIN_STD
+    mean = torch.tanh(apply_layers([actor.mean], hidden))
+    return mean, 2 * torch.sigmoid(apply_layers([actor.std], hidden) / 2) + MIN_STD
 
 
 class PriorStep:
@@ -284,7 +285,8 @@ def test_actor_critic_update_by_value(name, config, extra):
                if isinstance(a, torch.Tensor))
     ent_scale = 0.3 if "agent.actor_ent=0.3" in extra else EXPL_ENT if config == "pretrain" else TASK_ENT
     batch = fixed_batch(name)
-    assert not any(torch.equal(a, b) for a, b in zip(agent.ac.critic.parameters(), agent.ac.target_critic.parameters())), \
+    critic, target = agent.ac.critic.parameters(), agent.ac.target_critic.parameters()
+    assert not any(torch.equal(a, b) for a, b in zip(critic, target)), \
         "the first targets come from a separately initialised network (§5.3)"
 
     torch.manual_seed(7)

@@ -60,7 +60,7 @@ class Ref:
     """The RSSM of docs/algorithm.md §3.2 in float64 numpy, from a state dict's weights."""
 
     def __init__(self, rssm: RSSM, norm: str):
-        self.w = {key: value.detach().double().numpy().copy() for key, value in rssm.state_dict().items()}
+        self.w = {key: np64(value).copy() for key, value in rssm.state_dict().items()}
         self.norm = norm
 
     def _linear(self, prefix, x):
@@ -110,7 +110,7 @@ def ref_mode(logits: np.ndarray) -> np.ndarray:
 
 def draw_uniforms(batch: int) -> np.ndarray:
     """The uniforms of one categorical draw over (batch, STOCH) variables, from torch's generator."""
-    return torch.rand(batch, STOCH, 1).detach().double().numpy()
+    return torch.rand(batch, STOCH, 1).double().numpy()
 
 
 def ref_observe(ref: Ref, embed, action, is_first, state=None, uniforms=None):
@@ -150,8 +150,12 @@ def inputs(seed: int, batch: int = 3, steps: int = 6):
     return embed, action, is_first
 
 
+def np64(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().double().numpy()
+
+
 def close(actual: torch.Tensor, expected: np.ndarray, what: str, rtol: float = RTOL, atol: float = ATOL):
-    np.testing.assert_allclose(actual.detach().double().numpy(), expected, rtol=rtol, atol=atol, err_msg=what)
+    np.testing.assert_allclose(np64(actual), expected, rtol=rtol, atol=atol, err_msg=what)
 
 
 def replayed(expected_fn, actual_fn):
@@ -176,7 +180,7 @@ def test_gru_cell_matches_the_layer_normed_formula():
     ref = Ref(rssm, "none")
     gen = torch.Generator().manual_seed(1)
     x, h = torch.randn(5, HIDDEN, generator=gen), torch.randn(5, DETER, generator=gen)
-    close(rssm.cell(x, h), ref.gru(x.detach().double().numpy(), h.detach().double().numpy()), "GRU")
+    close(rssm.cell(x, h), ref.gru(np64(x), np64(h)), "GRU")
 
 
 @pytest.mark.parametrize("norm", NORMS)
@@ -190,15 +194,16 @@ def test_obs_step_and_img_step_modes_match_rederivation(norm):
     gen = torch.Generator().manual_seed(2)
     batch = 4
     logits = torch.randn(batch, STOCH, DISCRETE, generator=gen)
-    prev = {"logit": logits, "stoch": torch.eye(DISCRETE)[logits.argmax(-1)], "deter": torch.randn(batch, DETER, generator=gen)}
+    prev = {"logit": logits, "stoch": torch.eye(DISCRETE)[logits.argmax(-1)],
+            "deter": torch.randn(batch, DETER, generator=gen)}
     action = torch.rand(batch, ACTION_DIM, generator=gen) * 2 - 1
     embed = torch.randn(batch, EMBED_DIM, generator=gen)
     is_first = torch.zeros(batch)
 
     post, prior = rssm.obs_step(prev, action, embed, is_first, sample=False)
-    np_prev = {key: value.detach().double().numpy() for key, value in prev.items()}
-    deter = ref.deter_step(np_prev["stoch"], np_prev["deter"], action.detach().double().numpy())
-    post_logit = ref.post_logits(deter, embed.detach().double().numpy())
+    np_prev = {key: np64(value) for key, value in prev.items()}
+    deter = ref.deter_step(np_prev["stoch"], np_prev["deter"], np64(action))
+    post_logit = ref.post_logits(deter, np64(embed))
     close(post["deter"], deter, "posterior deter")
     close(post["logit"], post_logit, "posterior logits")
     close(post["logit"].softmax(-1), _softmax(post_logit), "posterior probabilities")
@@ -225,7 +230,7 @@ def test_observe_sequence_matches_rederivation_with_replayed_draws(norm, batched
     embed, action, is_first = inputs(3)
     torch.manual_seed(11)
     expected, (post, prior) = replayed(
-        lambda: ref_observe(ref, embed.detach().double().numpy(), action.detach().double().numpy(), is_first.numpy(),
+        lambda: ref_observe(ref, np64(embed), np64(action), is_first.numpy(),
                             uniforms=[draw_uniforms(embed.shape[0]) for _ in range(embed.shape[1])]),
         lambda: rssm.observe(embed, action, is_first))
     assert post["stoch"].shape == (3, 6, STOCH, DISCRETE) and post["deter"].shape == (3, 6, DETER)
@@ -257,9 +262,9 @@ def test_imagine_matches_rederivation_with_replayed_draws(norm):
         return torch.tanh(feat @ proj), {"t": torch.full((feat.shape[0],), float(_t))}
 
     def expected_fn():
-        p = proj.detach().double().numpy()
-        stoch, deter = start["stoch"].detach().double().numpy(), start["deter"].detach().double().numpy()
-        states, actions = [(start["logit"].detach().double().numpy(), stoch, deter)], [np.zeros((count, ACTION_DIM))]
+        p = np64(proj)
+        stoch, deter = np64(start["stoch"]), np64(start["deter"])
+        states, actions = [(np64(start["logit"]), stoch, deter)], [np.zeros((count, ACTION_DIM))]
         for _ in range(horizon):
             feat = np.concatenate([stoch.reshape(count, -1), deter], -1)
             act = np.tanh(feat @ p)
@@ -271,7 +276,8 @@ def test_imagine_matches_rederivation_with_replayed_draws(norm):
         return states, np.stack(actions)
 
     torch.manual_seed(12)
-    (states, actions), (got, got_actions, outputs) = replayed(expected_fn, lambda: imagine(rssm, policy, start, horizon))
+    (states, actions), (got, got_actions, outputs) = replayed(
+        expected_fn, lambda: imagine(rssm, policy, start, horizon))
     assert got["deter"].shape == (horizon + 1, count, DETER)
     for i, (logit, stoch, deter) in enumerate(states):
         close(got["logit"][i], logit, f"logits at {i}")
@@ -295,9 +301,9 @@ def test_straight_through_gradients_of_sample_and_mode():
         post, _ = rssm.obs_step(prev, action[:, 0], embed[:, 0], torch.zeros(2), sample=sample)
         post["logit"].retain_grad()
         (post["stoch"] * weight).sum().backward()
-        w = weight.detach().double().numpy()
+        w = np64(weight)
         if sample:
-            p = _softmax(post["logit"].detach().double().numpy())
+            p = _softmax(np64(post["logit"]))
             expected = p * (w - (p * w).sum(-1, keepdims=True))  # J^T w of the softmax
         else:
             expected = w
@@ -322,7 +328,7 @@ def test_is_first_mid_sequence_resets_state_and_action(norm):
     ref = Ref(rssm, norm)
     embed, action, is_first = inputs(13, batch=2, steps=6)
     is_first[0, K] = True
-    np_in = (embed.detach().double().numpy(), action.detach().double().numpy(), is_first.numpy())
+    np_in = (np64(embed), np64(action), is_first.numpy())
 
     torch.manual_seed(21)
     expected, (post, prior) = replayed(
@@ -337,8 +343,8 @@ def test_is_first_mid_sequence_resets_state_and_action(norm):
     close(post["deter"][0, K], zero_deter[0], "deter after the reset = deter from the zero state")   # (2)
     close(post["deter"][0, 0], zero_deter[0], "deter at t=0 = deter from the zero state")
     fresh, _ = rssm.observe(embed[:, K:], action[:, K:], is_first[:, K:])
-    close(post["deter"][0, K], fresh["deter"][0, 0].detach().double().numpy(), "reset deter vs fresh sequence")
-    close(post["logit"][0, K], fresh["logit"][0, 0].detach().double().numpy(), "reset posterior vs fresh sequence")
+    close(post["deter"][0, K], np64(fresh["deter"][0, 0]), "reset deter vs fresh sequence")
+    close(post["logit"][0, K], np64(fresh["logit"][0, 0]), "reset posterior vs fresh sequence")
     close(prior["logit"][0, K], ref.prior_logits(zero_deter)[0], "reset prior")
     other_action = action.clone()
     other_action[0, K] = -action[0, K]
@@ -358,7 +364,7 @@ def test_is_first_mid_sequence_resets_state_and_action(norm):
 
     # (4) row 1 never resets after t=0: its step-K state is its carried one (and it matched the
     # re-derivation, which masks row by row, in (1)).
-    assert np.abs(post["deter"][1, K].detach().double().numpy() - zero_deter[0]).max() > 1e-2
+    assert np.abs(np64(post["deter"][1, K]) - zero_deter[0]).max() > 1e-2
 
 
 @pytest.mark.parametrize("reset", [True, False])
@@ -372,16 +378,17 @@ def test_is_first_at_zero_discards_a_carried_state(reset):
     is_first[:, 0] = reset
     gen = torch.Generator().manual_seed(16)
     logits = torch.randn(2, STOCH, DISCRETE, generator=gen)
-    state = {"logit": logits, "stoch": torch.eye(DISCRETE)[logits.argmax(-1)], "deter": torch.randn(2, DETER, generator=gen)}
-    np_state = {key: value.detach().double().numpy() for key, value in state.items()}
+    state = {"logit": logits, "stoch": torch.eye(DISCRETE)[logits.argmax(-1)],
+             "deter": torch.randn(2, DETER, generator=gen)}
+    np_state = {key: np64(value) for key, value in state.items()}
     torch.manual_seed(22)
     expected, (post, _) = replayed(
-        lambda: ref_observe(ref, embed.detach().double().numpy(), action.detach().double().numpy(), is_first.numpy(), state=np_state,
+        lambda: ref_observe(ref, np64(embed), np64(action), is_first.numpy(), state=np_state,
                             uniforms=[draw_uniforms(2) for _ in range(3)]),
         lambda: rssm.observe(embed, action, is_first, state=state))
     close(post["deter"], expected["deter"], "deter")
     close(post["logit"], expected["post_logit"], "posterior logits")
     close(post["stoch"], expected["stoch"], "one-hots")
-    fresh = ref_observe(ref, embed[:, :1].detach().double().numpy(), action[:, :1].detach().double().numpy(), np.ones((2, 1), bool))
-    differs = np.abs(post["deter"][:, 0].detach().double().numpy() - fresh["deter"][:, 0]).max() > 1e-2
+    fresh = ref_observe(ref, np64(embed[:, :1]), np64(action[:, :1]), np.ones((2, 1), bool))
+    differs = np.abs(np64(post["deter"][:, 0]) - fresh["deter"][:, 0]).max() > 1e-2
     assert differs != reset
