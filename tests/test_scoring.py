@@ -208,3 +208,49 @@ def test_score_tables_and_results_files(tmp_path):
     poi = next(r for r in rows if r["table"] == "probability_of_improvement")
     assert (poi["agent"], poi["group"]) == ("choreo", "lbs")
     assert float(poi["value"]) == pytest.approx((3.5 / 4 + 3 / 4) / 2)
+
+
+def test_point_estimates_match_the_bootstrapped_points():
+    scores = {"a": [0.2, 0.4], "b": [0.6, 0.8, 1.0]}
+    assert scoring.point_estimates(scores) == {name: e.point for name, e in scoring.aggregate_one(scores, 100).items()}
+
+
+# ------------------------------------------------------------------------------------ plot.py
+def _run(folder, task, seed, agent, rows, header="episode,episode_reward,frame,step", task_id=None):
+    (folder / ".hydra").mkdir(parents=True)
+    config = f"task: {task}\nseed: {seed}\nagent:\n  name: {agent}\n" + (f"task_id: {task_id}\n" if task_id else "")
+    (folder / ".hydra" / "config.yaml").write_text(config)
+    (folder / "eval.csv").write_text("\n".join([header] + [",".join(map(str, row)) for row in rows]) + "\n")
+
+
+def test_plot_writes_scores_figures_and_zero_shot_rates(tmp_path, capsys):
+    import plot
+    # walker_stand (984) at frames 1000, 2000: choreo 492 then 984, lbs 246 then 492 (two seeds each)
+    for seed in (1, 2):
+        for agent, first, final in (("choreo", 492, 984), ("lbs", 246, 492)):
+            _run(tmp_path / "runs" / f"{agent}{seed}", "walker_stand", seed, agent,
+                 [(1, first, 1000, 1), (2, final, 2000, 2)])
+    # zero-shot: one evaluation at frame 0 with both rates; a Meta-World goal names its task_id
+    header = "episode,episode_reward,frame,step,success_rate,goal_success_rate"
+    for seed, rates in ((1, (0.2, 0.6)), (2, (0.4, 0.8))):
+        _run(tmp_path / "runs" / f"zs{seed}", "jaco_reach_top_left", seed, "choreo", [(0, 10, 0, 0, *rates)], header)
+    _run(tmp_path / "runs" / "mw", "mw_reach", 1, "choreo", [(0, 1, 0, 0, 0.5, "")], header, task_id=3)
+    out = tmp_path / "plots"
+    plot.main([str(tmp_path / "runs" / "*"), "--out", str(out), "--resamples", "200"])
+    printed = capsys.readouterr().out
+    table = (out / "eval_results.md").read_text()
+    assert table in printed
+    assert "| choreo | walker_stand | 2 | 984.0 ± 0.0 | 984 | 1.000 ± 0.000 |" in table
+    assert "| lbs | 0.500 [0.500, 0.500] | 1.000 [1.000, 1.000] |" in table  # gap 1 - 0.5; choreo beats every lbs run
+    assert "| choreo | jaco_reach_top_left | 2 | 0.300 [0.200, 0.400] (n=2) | 0.700 [0.600, 0.800] (n=2) |" in table
+    assert "| choreo | mw_reach task_id=3 | 1 | 0.500 [0.500, 0.500] (n=1) | - |" in table
+    rows = list(csv.DictReader((out / "eval_results.csv").open()))
+    assert {row["table"] for row in rows} == {"final", "aggregate", "probability_of_improvement", "zero_shot"}
+    for name in ("eval_curves.png", "eval_profile.png", "eval_iqm.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG" and f"wrote {out / name}" in printed
+    # the IQM curve: choreo 0.5 then 1.0, lbs 0.25 then 0.5 (the jaco runs' only frame 0 is not shared)
+    curves = plot.normalised_curves(plot.load_runs([str(tmp_path / "runs" / "*")], "eval.csv", "frame",
+                                                   "episode_reward", None, None))
+    assert sorted(curves) == ["choreo", "lbs"] and list(curves["choreo"][1]) == ["walker_stand"]
+    frames, per_task = curves["lbs"]
+    assert list(frames) == [1000, 2000] and np.allclose(per_task["walker_stand"], [[0.25, 0.5]] * 2)

@@ -131,6 +131,9 @@ def interval_estimates(columns: list[np.ndarray], matrix_func: Callable[[np.ndar
 
 # --------------------------------------------------------------------------------- aggregates
 def _matrix_aggregates(names: Sequence[str]) -> Callable[[np.ndarray], np.ndarray]:
+    unknown = [name for name in names if name not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric {', '.join(unknown)}; known: {', '.join(METRICS)}")
     functions = {"mean": rly_metrics.aggregate_mean, "median": rly_metrics.aggregate_median,
                  "iqm": rly_metrics.aggregate_iqm, "optimality_gap": rly_metrics.aggregate_optimality_gap}
     return lambda scores: np.array([functions[name](scores) for name in names])
@@ -149,12 +152,19 @@ def _pooled_aggregates(names: Sequence[str]) -> Callable[[list[np.ndarray]], np.
     return func
 
 
+def point_estimates(per_task: PerTask, metrics: Sequence[str] = METRICS) -> dict[str, float]:
+    """The aggregates without intervals (rliable's functions, as ``aggregate`` computes them)."""
+    columns = task_columns(per_task)
+    if len({len(column) for column in columns}) == 1:
+        values = _matrix_aggregates(metrics)(np.stack(columns, axis=1))
+    else:
+        values = _pooled_aggregates(metrics)([column[:, None] for column in columns])
+    return {name: float(value) for name, value in zip(metrics, values)}
+
+
 def aggregate_one(per_task: PerTask, reps: int = REPS, seed: int = 0, metrics: Sequence[str] = METRICS,
                   confidence: float = CONFIDENCE) -> dict[str, Estimate]:
     """Aggregates of one agent's scores with their stratified-bootstrap intervals."""
-    unknown = [name for name in metrics if name not in METRICS]
-    if unknown:
-        raise ValueError(f"unknown metric {', '.join(unknown)}; known: {', '.join(METRICS)}")
     columns = task_columns(per_task)
     point, low, high = interval_estimates(columns, _matrix_aggregates(metrics), _pooled_aggregates(metrics),
                                           reps, seed, confidence)
@@ -202,8 +212,11 @@ def probability_of_improvement(x: PerTask, y: PerTask, reps: int = REPS, seed: i
 
 
 # ---------------------------------------------------------------------------------- figures
+Band = tuple[np.ndarray, np.ndarray, np.ndarray]  # point, low, high
+
+
 def performance_profile(scores_by_agent: Mapping[str, PerTask], taus: Sequence[float], reps: int = REPS,
-                        seed: int = 0, confidence: float = CONFIDENCE) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                        seed: int = 0, confidence: float = CONFIDENCE) -> dict[str, Band]:
     """Per agent (profile, low, high): the share of all runs x tasks with a score above each tau
     (rliable's score distribution), with stratified-bootstrap intervals."""
     taus = np.asarray(taus, dtype=float)
@@ -230,6 +243,12 @@ def _pyplot():
     return plt
 
 
+def _colours(agents) -> dict:
+    """Matplotlib's colour cycle over the agents in name order (as plot.py's per-task curves)."""
+    cycle = _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    return {agent: cycle[i % len(cycle)] for i, agent in enumerate(sorted(agents))}
+
+
 def performance_profile_figure(scores_by_agent: Mapping[str, PerTask], path: str | Path,
                                taus: Sequence[float] | None = None, reps: int = REPS, seed: int = 0,
                                xlabel: str = r"expert-normalised score ($\tau$)", title: str = "") -> Path:
@@ -243,7 +262,8 @@ def performance_profile_figure(scores_by_agent: Mapping[str, PerTask], path: str
     figure, axis = plt.subplots(figsize=(7, 4.5))
     plot_utils.plot_performance_profiles({a: p[0] for a, p in profiles.items()}, np.asarray(taus),
                                          performance_profile_cis={a: (p[1], p[2]) for a, p in profiles.items()},
-                                         ax=axis, xlabel=xlabel, labelsize="large", ticklabelsize="medium")
+                                         colors=_colours(profiles), ax=axis, xlabel=xlabel, labelsize="large",
+                                         ticklabelsize="medium")
     axis.legend()
     axis.set_title(title or f"performance profiles, 95% stratified-bootstrap bands ({reps} resamples)")
     return _save(figure, path)
@@ -277,10 +297,10 @@ def learning_curve_figure(curves_by_agent: Mapping[str, tuple[Sequence[float], P
         point, low, high = learning_curve(per_task, metric, reps, seed)
         points[agent], intervals[agent], frames_by_agent[agent] = point, (low, high), np.asarray(frames, float)
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, agent in enumerate(points):  # agents may have different evaluation frames: one call each
+    colours = _colours(points)
+    for agent in points:  # agents may have different evaluation frames: one call each
         plot_utils.plot_sample_efficiency_curve(frames_by_agent[agent], {agent: points[agent]},
-                                                {agent: intervals[agent]}, colors={agent: colours[i % len(colours)]},
+                                                {agent: intervals[agent]}, colors={agent: colours[agent]},
                                                 ax=axis, xlabel=xlabel, labelsize="large", ticklabelsize="medium",
                                                 ylabel=ylabel or f"{METRIC_NAMES[metric]} of expert-normalised score")
     axis.legend()
@@ -348,7 +368,8 @@ def score_tables(raw: Mapping[tuple[str, str], Sequence[float]], reps: int = REP
     lines += ["", "Optimality gap (1 - mean of min(score, 1)): lower is better"
               + (f"; P({reference} > method): probability that a run of {reference} scores higher than one of "
                  "the method on a task, averaged over the tasks both have" if has_reference else "") + ".", "",
-              "| method | optimality gap [95% CI] |" + (f" P({reference} > method) [95% CI] |" if has_reference else ""),
+              "| method | optimality gap [95% CI] |"
+              + (f" P({reference} > method) [95% CI] |" if has_reference else ""),
               "|---|---|" + ("---|" if has_reference else "")]
     for agent in by_agent:
         row = f"| {agent} | {overall[agent]['optimality_gap'].text()} |"
