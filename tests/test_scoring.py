@@ -199,7 +199,7 @@ def test_score_tables_and_results_files(tmp_path):
     assert "| choreo | quadruped | 1 | 2 |" in markdown and "| choreo | walker | 2 | 4 |" in markdown  # per domain
     md, table = scoring.write_results(markdown, cells, tmp_path / "results.md", tmp_path / "results.csv")
     assert md.read_text() == markdown
-    rows = list(csv.DictReader(table.open()))
+    rows = list(csv.DictReader(table.read_text().splitlines()))
     assert len(rows) == len(cells)
     # every aggregate cell: 4 metrics x (choreo all, lbs all, choreo walker, choreo quadruped, lbs walker)
     assert sum(row["table"] == "aggregate" for row in rows) == 4 * 5
@@ -244,7 +244,7 @@ def test_plot_writes_scores_figures_and_zero_shot_rates(tmp_path, capsys):
     assert "| lbs | 0.500 [0.500, 0.500] | 1.000 [1.000, 1.000] |" in table  # gap 1 - 0.5; choreo beats every lbs run
     assert "| choreo | jaco_reach_top_left | 2 | 0.300 [0.200, 0.400] (n=2) | 0.700 [0.600, 0.800] (n=2) |" in table
     assert "| choreo | mw_reach task_id=3 | 1 | 0.500 [0.500, 0.500] (n=1) | - |" in table
-    rows = list(csv.DictReader((out / "eval_results.csv").open()))
+    rows = list(csv.DictReader((out / "eval_results.csv").read_text().splitlines()))
     assert {row["table"] for row in rows} == {"final", "aggregate", "probability_of_improvement", "zero_shot"}
     for name in ("eval_curves.png", "eval_profile.png", "eval_iqm.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG" and f"wrote {out / name}" in printed
