@@ -14,15 +14,26 @@ Writes into ``--out``:
 * ``<csv>_curves.png``: one panel per task, x = ``frame``, y = ``episode_reward``; per method the
   mean over seeds and a shaded spread (``--spread std|sem|minmax``, default std). Seeds are
   linearly interpolated onto the union of their x values, each within its own range.
-* ``<csv>_results.md`` (also printed): per task and method the final return (mean of the last
-  ``--last`` rows of each run) and its expert-normalised score, then per method the mean, median
-  and interquartile mean (IQM) of the normalised scores with 95% stratified-bootstrap confidence
-  intervals (``--resamples`` 2000; seeds resampled with replacement within each task).
+* ``<csv>_results.md`` (also printed) and ``<csv>_results.csv`` (every cell of it, one row each):
+  per task and method the final return (mean of the last ``--last`` rows of each run) and its
+  expert-normalised score; then, on the normalised scores, per method the mean, median and
+  interquartile mean (IQM), the optimality gap and the probability that choreo improves on the
+  method, all with 95% stratified-bootstrap confidence intervals (``--resamples`` 2000; seeds
+  resampled with replacement within each task), and the same aggregates per domain when there is
+  more than one; and, for runs that log them (zero-shot, ``eval_goals=True``), ``success_rate`` and
+  ``goal_success_rate`` per task (``task_id=K`` added for a single Meta-World goal): the mean over
+  seeds with its interval.
+* ``<csv>_profile.png``: performance profiles of the normalised final scores (share of runs above
+  each score) with 95% bands.
+* ``<csv>_iqm.png``: per method the IQM of the normalised score against frames with 95% bands, at
+  the frames all its runs have, over its tasks whose runs share at least two frames (a zero-shot
+  run's single evaluation is left out).
 
-Aggregates (as in rliable): mean = mean over tasks of the per-task mean over seeds; median =
-median over tasks of the per-task means; IQM = mean of the middle 50% of all run scores (run x task,
-the lowest and highest ``floor(n/4)`` dropped). Tasks without an expert score (mw_reach) appear in
-the per-task table only.
+All aggregates, intervals and figures come from utils/scoring.py, which uses rliable (Agarwal et al.
+2021): mean = mean over tasks of the per-task mean over seeds; median = median over tasks of the
+per-task means; IQM = mean of the middle 50% of all run scores (run x task, the lowest and highest
+``floor(n/4)`` dropped); optimality gap = 1 - mean of min(score, 1). Tasks without an expert score
+(mw_reach) appear in the per-task table only.
 """
 from __future__ import annotations
 
@@ -38,16 +49,12 @@ from pathlib import Path
 
 import numpy as np
 
+from utils import scoring
 from utils.atomic import atomic_write
 from utils.errors import UserError
+from utils.scoring import EXPERT_SCORES  # URLB expert scores: the one table, in utils/scoring.py
 
-# URLB expert scores (Laskin et al. 2021), used by the Choreographer paper to normalise returns.
-EXPERT_SCORES = {
-    "walker_stand": 984.0, "walker_walk": 971.0, "walker_run": 796.0, "walker_flip": 799.0,
-    "quadruped_walk": 866.0, "quadruped_run": 888.0, "quadruped_stand": 920.0, "quadruped_jump": 888.0,
-    "jaco_reach_top_left": 191.0, "jaco_reach_top_right": 223.0, "jaco_reach_bottom_left": 193.0,
-    "jaco_reach_bottom_right": 203.0,
-}
+RATES = ("success_rate", "goal_success_rate")  # zero-shot metrics tabulated when a run logs them
 PRIMAL_TASKS = {"walker": "walker_stand", "quadruped": "quadruped_walk", "jaco": "jaco_reach_top_left",
                 "mw": "mw_reach"}
 KNOWN_TASKS = sorted(set(EXPERT_SCORES) | {"mw_reach"}, key=len, reverse=True)
@@ -62,6 +69,8 @@ class Run:
     label: str
     x: np.ndarray = field(repr=False)
     y: np.ndarray = field(repr=False)
+    rates: dict = field(default_factory=dict, repr=False)  # RATES column -> its values, in row order
+    group: str = ""  # row of the zero-shot table: the task, with task_id=K for one Meta-World goal
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -139,6 +148,23 @@ def read_curve(path: Path, x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarr
     return np.asarray(xs)[order], np.asarray(ys)[order]
 
 
+def read_rates(path: Path) -> dict[str, np.ndarray]:
+    """The zero-shot rate columns a log has (RATES), each the finite values in row order."""
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        names = [name for name in RATES if name in (reader.fieldnames or [])]
+        values: dict[str, list[float]] = {name: [] for name in names}
+        for row in reader:
+            for name in names:
+                try:
+                    value = float(row[name])
+                except (TypeError, ValueError):
+                    continue
+                if math.isfinite(value):
+                    values[name].append(value)
+    return {name: np.asarray(column) for name, column in values.items() if column}
+
+
 def load_runs(specs: list[str], csv_name: str, x_key: str, y_key: str, task: str | None,
               label: str | None) -> list[Run]:
     runs = []
@@ -148,7 +174,9 @@ def load_runs(specs: list[str], csv_name: str, x_key: str, y_key: str, task: str
             print(f"warning: {path} has no {y_key} rows; skipped", file=sys.stderr)
             continue
         run_task, seed, run_label = describe(path, task, label, index)
-        runs.append(Run(path, run_task, seed, run_label, x, y))
+        task_id = read_config(path.parent).get("task_id")
+        group = run_task if task_id in (None, "none", "null", "") else f"{run_task} task_id={task_id}"
+        runs.append(Run(path, run_task, seed, run_label, x, y, read_rates(path), group))
     if not runs:
         raise UserError(f"none of the runs has {y_key} rows")
     return runs
@@ -211,70 +239,84 @@ def plot_curves(runs: list[Run], path: Path, x_key: str, y_key: str, spread: str
 
 
 # -------------------------------------------------------------------------------------- table
-def trimmed_mean(values: np.ndarray, proportion: float = 0.25, axis: int = -1) -> np.ndarray:
-    """Mean after dropping floor(proportion * n) values at each end (scipy.stats.trim_mean)."""
-    values = np.sort(values, axis=axis)
-    n = values.shape[axis]
-    cut = int(proportion * n)
-    return np.take(values, np.arange(cut, n - cut), axis=axis).mean(axis=axis)
+# The old names, kept for their callers (tests/test_ecosystem.py); utils/scoring.py (rliable) computes.
+def trimmed_mean(values: np.ndarray) -> float:
+    """The interquartile mean of all ``values`` (rliable's IQM)."""
+    return scoring.point_estimates([np.ravel(values)], ("iqm",))["iqm"]
 
 
 def aggregates(per_task: list[np.ndarray]) -> dict[str, float]:
     """Mean, median and IQM of normalised scores given one array of seed scores per task."""
-    means = np.array([scores.mean() for scores in per_task])
-    return {"mean": float(means.mean()), "median": float(np.median(means)),
-            "iqm": float(trimmed_mean(np.concatenate(per_task)))}
+    return scoring.point_estimates(per_task, ("mean", "median", "iqm"))
 
 
 def bootstrap(per_task: list[np.ndarray], resamples: int = 2000, confidence: float = 0.95,
               seed: int = 0) -> dict[str, tuple[float, float]]:
-    """Percentile confidence intervals of the aggregates, resampling seeds within each task."""
-    rng = np.random.default_rng(seed)
-    samples = [scores[rng.integers(0, len(scores), (resamples, len(scores)))] for scores in per_task]
-    means = np.stack([sample.mean(1) for sample in samples], 1)  # (R, tasks)
-    stats = {"mean": means.mean(1), "median": np.median(means, 1),
-             "iqm": trimmed_mean(np.concatenate(samples, 1), axis=1)}
-    tail = (1 - confidence) / 2 * 100
-    return {key: (float(np.percentile(value, tail)), float(np.percentile(value, 100 - tail)))
-            for key, value in stats.items()}
+    """Stratified-bootstrap percentile intervals of the aggregates (rliable), seeds resampled within each task."""
+    estimates = scoring.aggregate_one(per_task, resamples, seed, ("mean", "median", "iqm"), confidence)
+    return {name: (estimate.low, estimate.high) for name, estimate in estimates.items()}
 
 
 def final_score(run: Run, last: int) -> float:
     return float(run.y[-last:].mean())
 
 
-def results_table(runs: list[Run], y_key: str, last: int = 1, resamples: int = 2000) -> str:
+def by_method_and_task(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
     groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for run in runs:
         groups[(run.label, run.task)].append(run)
-    lines = [f"Final {y_key} (mean of the last {last} row{'s' if last > 1 else ''} of each run), "
-             "normalised by the URLB expert score.", "",
-             "| method | task | seeds | return (mean ± std) | expert | normalised (mean ± std) |",
-             "|---|---|---|---|---|---|"]
-    normalised: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
-    for (label, task), group in sorted(groups.items()):
-        scores = np.array([final_score(run, last) for run in sorted(group, key=lambda r: r.seed)])
-        expert = EXPERT_SCORES.get(task)
-        norm_text = "-"
-        if expert is not None:
-            norm = scores / expert
-            normalised[label][task] = norm
-            norm_text = f"{norm.mean():.3f} ± {norm.std():.3f}"
-        expert_text = f"{expert:.0f}" if expert is not None else "-"
-        lines.append(f"| {label} | {task} | {len(scores)} | {scores.mean():.1f} ± {scores.std():.1f} | "
-                     f"{expert_text} | {norm_text} |")
-    if normalised:
-        lines += ["", f"Expert-normalised aggregates with 95% stratified-bootstrap confidence intervals "
-                      f"({resamples} resamples of the seeds within each task).", "",
-                  "| method | tasks | runs | mean [95% CI] | median [95% CI] | IQM [95% CI] |",
-                  "|---|---|---|---|---|---|"]
-        for label, by_task in sorted(normalised.items()):
-            per_task = [by_task[task] for task in sorted(by_task)]
-            point, interval = aggregates(per_task), bootstrap(per_task, resamples)
-            cells = [f"{point[key]:.3f} [{interval[key][0]:.3f}, {interval[key][1]:.3f}]"
-                     for key in ("mean", "median", "iqm")]
-            lines.append(f"| {label} | {len(per_task)} | {sum(map(len, per_task))} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return {key: sorted(group, key=lambda r: r.seed) for key, group in sorted(groups.items())}
+
+
+def results_table(runs: list[Run], y_key: str, last: int = 1, resamples: int = 2000
+                  ) -> tuple[str, list[scoring.Cell]]:
+    """results.md's text and its cells: final scores, normalised aggregates, zero-shot rates."""
+    raw = {key: [final_score(run, last) for run in group] for key, group in by_method_and_task(runs).items()}
+    title = (f"Final {y_key} (mean of the last {last} row{'s' if last > 1 else ''} of each run), "
+             "normalised by the URLB expert score.")
+    text, cells = scoring.score_tables(raw, resamples, title=title)
+    rates: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in sorted(runs, key=lambda r: r.seed):
+        for name, values in run.rates.items():
+            rates[(run.label, run.group)][name].append(float(values[-last:].mean()))
+    if rates:
+        table, rate_cells = scoring.success_table(rates, resamples)
+        text += (f"\nZero-shot rates (mean of the last {last} row{'s' if last > 1 else ''} of each run), mean over "
+                 f"seeds with a 95% bootstrap interval ({resamples} resamples of the seeds; rliable).\n\n" + table)
+        cells += rate_cells
+    return text, cells
+
+
+def normalised_scores(runs: list[Run], last: int) -> dict[str, dict[str, np.ndarray]]:
+    """Per method and task with an expert score, the normalised final score of each seed."""
+    scores: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+    for (label, task), group in by_method_and_task(runs).items():
+        if task in EXPERT_SCORES:
+            scores[label][task] = scoring.normalised([final_score(run, last) for run in group], task)
+    return dict(scores)
+
+
+def normalised_curves(runs: list[Run]) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Per method (frames, per task runs x frames) of normalised scores, on the tasks with an expert
+    score whose runs share at least two frames (a zero-shot run's single evaluation is left out), at
+    the frames all of them have; a method left with fewer than two such frames is left out."""
+    curves = {}
+    for label in sorted({run.label for run in runs}):
+        by_task: dict[str, list[dict[float, float]]] = defaultdict(list)
+        for run in sorted(runs, key=lambda r: r.seed):
+            if run.label == label and run.task in EXPERT_SCORES:
+                by_task[run.task].append(dict(zip(run.x, run.y)))  # a repeated frame keeps its last row
+        shared = {task: set.intersection(*map(set, points)) for task, points in by_task.items()}
+        tasks = sorted(task for task, frames in shared.items() if len(frames) >= 2)
+        frames = sorted(set.intersection(*(shared[task] for task in tasks))) if tasks else []
+        if len(frames) < 2:
+            if by_task:
+                print(f"note: no IQM curve for {label}: its runs share fewer than two frames", file=sys.stderr)
+            continue
+        curves[label] = (np.asarray(frames), {task: scoring.normalised([[point[f] for f in frames]
+                                                                        for point in by_task[task]], task)
+                                              for task in tasks})
+    return curves
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -300,12 +342,20 @@ def main(argv: list[str] | None = None) -> tuple[Path, Path]:
     stem = Path(csv_name).stem
     png = plot_curves(runs, out / f"{stem}_curves.png", args.x, args.y, args.spread,
                       f"{stem}: {len(runs)} runs")
-    table = results_table(runs, args.y, args.last, args.resamples)
-    md = out / f"{stem}_results.md"
-    md.write_text(table)
+    table, cells = results_table(runs, args.y, args.last, args.resamples)
+    md, table_csv = scoring.write_results(table, cells, out / f"{stem}_results.md", out / f"{stem}_results.csv")
+    written = [png, md, table_csv]
+    final = normalised_scores(runs, args.last)
+    if final:
+        written.append(scoring.performance_profile_figure(final, out / f"{stem}_profile.png", reps=args.resamples,
+                                                          title=f"{stem}: final {args.y}, performance profiles"))
+    curves = normalised_curves(runs)
+    if curves:
+        written.append(scoring.learning_curve_figure(curves, out / f"{stem}_iqm.png", reps=args.resamples,
+                                                     xlabel=args.x, title=f"{stem}: IQM of the normalised {args.y}"))
     print(table)
-    print(f"wrote {png}")
-    print(f"wrote {md}")
+    for path in written:
+        print(f"wrote {path}")
     return png, md
 
 

@@ -28,6 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from utils import scoring  # noqa: E402
 from utils.atomic import atomic_write  # noqa: E402
 
 AGENTS = ("choreo", "lbs", "plan2explore", "apt", "dreamer")
@@ -97,11 +98,10 @@ def eval_curve(path: Path) -> dict[int, float]:
         return {int(float(row["frame"])): float(row["episode_reward"]) for row in csv.DictReader(handle)}
 
 
-def bootstrap_interval(values: np.ndarray, resamples: int = 10000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the mean of ``values``."""
-    rng = np.random.default_rng(seed)
-    means = rng.choice(values, size=(resamples, len(values)), replace=True).mean(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+def mean_interval(values: np.ndarray, resamples: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean over seeds of ``values`` (one task: utils/scoring.py, rliable)."""
+    estimate = scoring.aggregate_one([values], resamples, seed, metrics=("mean",))["mean"]
+    return estimate.low, estimate.high
 
 
 def random_policy(out: Path) -> dict:
@@ -121,17 +121,22 @@ def random_policy(out: Path) -> dict:
 def end_of_training_table(curves: dict, last_frames: list[int], random_mean: float) -> str:
     """Each seed's mean over the last evaluations (one evaluation of 10 episodes moves by 50-100 for
     the same seed, so two of them say more about where a run ended), then mean over seeds with its
-    95% bootstrap interval; seeds without all of ``last_frames`` are left out."""
+    95% bootstrap interval, and the probability that a choreo seed ends above one of the agent's
+    (rliable's probability of improvement, with its interval); seeds without all of ``last_frames``
+    are left out."""
     label = " and ".join(f"{frame // 1000}k" for frame in last_frames)
-    lines = [f"| agent | per seed (mean of {label}) | mean [95% CI] | x random |", "|---|---|---|---|"]
-    for agent, per_seed in curves.items():
-        ends = np.array([np.mean([curve[frame] for frame in last_frames]) for curve in per_seed.values()
-                         if all(frame in curve for frame in last_frames)])
-        if len(ends) == 0:
-            continue
-        low, high = bootstrap_interval(ends)
-        lines.append(f"| {agent} | {' / '.join(f'{end:.1f}' for end in ends)} | {ends.mean():.1f} "
-                     f"[{low:.1f}, {high:.1f}] (n={len(ends)}) | {ends.mean() / random_mean:.2f} |")
+    ends = {agent: np.array([np.mean([curve[frame] for frame in last_frames]) for curve in per_seed.values()
+                             if all(frame in curve for frame in last_frames)])
+            for agent, per_seed in curves.items()}
+    ends = {agent: values for agent, values in ends.items() if len(values)}
+    lines = [f"| agent | per seed (mean of {label}) | mean [95% CI] | x random | P(choreo > agent) [95% CI] |",
+             "|---|---|---|---|---|"]
+    for agent, values in ends.items():
+        low, high = mean_interval(values)
+        improvement = ("-" if agent == "choreo" or "choreo" not in ends else
+                       scoring.probability_of_improvement([ends["choreo"]], [values], 2000).text(2))
+        lines.append(f"| {agent} | {' / '.join(f'{end:.1f}' for end in values)} | {values.mean():.1f} "
+                     f"[{low:.1f}, {high:.1f}] (n={len(values)}) | {values.mean() / random_mean:.2f} | {improvement} |")
     return "\n".join(lines)
 
 
@@ -149,7 +154,7 @@ def report(out: Path, args) -> str:
             if len(values) == 0:
                 cells.append("")
                 continue
-            low, high = bootstrap_interval(values)
+            low, high = mean_interval(values)
             summary.setdefault(agent, []).append((frame, values.mean(), low, high, len(values)))
             cells.append(f"{values.mean():.1f} [{low:.1f}, {high:.1f}] (n={len(values)})")
         lines.append(f"| {agent} | " + " | ".join(cells) + " |")
