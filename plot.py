@@ -239,24 +239,6 @@ def plot_curves(runs: list[Run], path: Path, x_key: str, y_key: str, spread: str
 
 
 # -------------------------------------------------------------------------------------- table
-# The old names, kept for their callers (tests/test_ecosystem.py); utils/scoring.py (rliable) computes.
-def trimmed_mean(values: np.ndarray) -> float:
-    """The interquartile mean of all ``values`` (rliable's IQM)."""
-    return scoring.point_estimates([np.ravel(values)], ("iqm",))["iqm"]
-
-
-def aggregates(per_task: list[np.ndarray]) -> dict[str, float]:
-    """Mean, median and IQM of normalised scores given one array of seed scores per task."""
-    return scoring.point_estimates(per_task, ("mean", "median", "iqm"))
-
-
-def bootstrap(per_task: list[np.ndarray], resamples: int = 2000, confidence: float = 0.95,
-              seed: int = 0) -> dict[str, tuple[float, float]]:
-    """Stratified-bootstrap percentile intervals of the aggregates (rliable), seeds resampled within each task."""
-    estimates = scoring.aggregate_one(per_task, resamples, seed, ("mean", "median", "iqm"), confidence)
-    return {name: (estimate.low, estimate.high) for name, estimate in estimates.items()}
-
-
 def final_score(run: Run, last: int) -> float:
     return float(run.y[-last:].mean())
 

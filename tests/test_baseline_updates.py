@@ -252,7 +252,7 @@ def twin_inputs(twin, batch, name: str, config: str) -> dict:
     post, kl, _ = twin.update_world_model(batch)
     start = twin.imagination_starts(post)
     if config == "pretrain":
-        twin.update_intrinsic(post, kl)
+        twin.update_intrinsic(post, kl, batch)
     return start
 
 

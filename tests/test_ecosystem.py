@@ -278,16 +278,18 @@ def test_plot_skips_the_logs_a_restarted_run_set_aside(tmp_path):
 
 
 def test_plot_aggregates_match_hand_computation():
-    from plot import aggregates, bootstrap, trimmed_mean
+    """plot.py's aggregates come from utils/scoring.py (rliable): checked here on a hand-worked case."""
+    from utils.scoring import aggregate_one, point_estimates
     scores = [np.array([0.1, 0.2, 0.3, 0.4]), np.array([1.0, 1.0, 1.0, 1.0])]
-    point = aggregates(scores)
+    point = point_estimates(scores, ("mean", "median", "iqm"))
     assert point["mean"] == pytest.approx((0.25 + 1.0) / 2)
     assert point["median"] == pytest.approx((0.25 + 1.0) / 2)
     assert point["iqm"] == pytest.approx(np.mean([0.3, 0.4, 1.0, 1.0]))  # 8 scores, 2 dropped at each end
-    assert trimmed_mean(np.array([5.0, 1.0, 3.0])) == pytest.approx(3.0)
-    interval = bootstrap(scores, resamples=2000)
-    assert interval["mean"][0] < point["mean"] < interval["mean"][1]
-    assert bootstrap([np.array([0.5, 0.5])], resamples=100)["iqm"] == (0.5, 0.5)
+    assert point_estimates([np.array([5.0, 1.0, 3.0])], ("iqm",))["iqm"] == pytest.approx(3.0)
+    interval = aggregate_one(scores, 2000, 0, ("mean",))["mean"]
+    assert interval.low < point["mean"] < interval.high
+    flat = aggregate_one([np.array([0.5, 0.5])], 100, 0, ("iqm",))["iqm"]
+    assert (flat.low, flat.high) == (0.5, 0.5)
 
 
 # ------------------------------------------------------------------------------------ progress
