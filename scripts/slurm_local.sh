@@ -9,9 +9,12 @@
 # prints one line "slurm_local: <reason>" on stderr and exits non-zero (not root, no apt-get, a
 # daemon that does not start: the line names its log).
 #
-# No slurmdbd: there is no accounting database, so `sacct` has nothing to read (see tests/slurm.py for
-# what that means for submitit). Environment: SLURM_LOCAL_TIMEOUT (seconds to wait for the node,
-# default 60).
+# Accounting: submitit reads job states only through `sacct`, which needs slurmdbd and a database, so
+# by default the script also installs mariadb-server and slurmdbd, starts a local MariaDB (socket
+# only, no TCP port) and slurmdbd, and slurmctld registers the cluster there by itself. Without them
+# `sacct` fails ("Slurm accounting storage is disabled") and submitit sees every job as UNKNOWN (see
+# tests/slurm.py). SLURM_LOCAL_ACCOUNTING=0 skips them (accounting_storage/none).
+# Environment: SLURM_LOCAL_TIMEOUT (seconds to wait for the node, default 60).
 set -uo pipefail
 
 fail() { echo "slurm_local: $*" >&2; exit 1; }
@@ -22,6 +25,7 @@ CONF_DIR=/etc/slurm
 CONF=$CONF_DIR/slurm.conf
 LOG_DIR=/var/log/slurm
 TIMEOUT=${SLURM_LOCAL_TIMEOUT:-60}
+ACCOUNTING=${SLURM_LOCAL_ACCOUNTING:-1}
 start_s=$(date +%s)
 
 node_state() { sinfo -h -n "$HOST" -o %T 2>/dev/null | head -n1; }
@@ -32,6 +36,10 @@ command -v munged >/dev/null 2>&1 || missing+=(munge)
 command -v slurmctld >/dev/null 2>&1 || missing+=(slurmctld)
 command -v slurmd >/dev/null 2>&1 || missing+=(slurmd)
 command -v sbatch >/dev/null 2>&1 || missing+=(slurm-client)
+if [ "$ACCOUNTING" = 1 ]; then
+    command -v slurmdbd >/dev/null 2>&1 || missing+=(slurmdbd)
+    command -v mariadbd >/dev/null 2>&1 || missing+=(mariadb-server)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     command -v apt-get >/dev/null 2>&1 || fail "no apt-get to install ${missing[*]} (Debian/Ubuntu only)"
     export DEBIAN_FRONTEND=noninteractive
@@ -78,7 +86,7 @@ CPUS=$(nproc)
 MEM_MB=$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.95)}' /proc/meminfo)
 mkdir -p "$CONF_DIR" "$LOG_DIR" /var/spool/slurmctld /var/spool/slurmd /run/slurm
 new_conf=$(cat <<EOF
-# Written by scripts/slurm_local.sh: a single-node cluster for the tests, no accounting database.
+# Written by scripts/slurm_local.sh: a single-node cluster for the tests.
 ClusterName=localci
 SlurmctldHost=$HOST
 SlurmUser=root
@@ -89,7 +97,7 @@ MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
+ACCOUNTING_LINES
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
@@ -107,14 +115,66 @@ NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
 )
+if [ "$ACCOUNTING" = 1 ]; then
+    ACCT_LINES=$'AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost=localhost'
+else
+    ACCT_LINES=AccountingStorageType=accounting_storage/none
+fi
+new_conf=${new_conf/ACCOUNTING_LINES/$ACCT_LINES}
 conf_changed=0
 if [ "$(cat "$CONF" 2>/dev/null)" != "$new_conf" ]; then
     printf '%s\n' "$new_conf" >"$CONF"
     conf_changed=1
 fi
 
-# --- 4. daemons --------------------------------------------------------------------------------
 running() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# --- 4. accounting: MariaDB and slurmdbd -------------------------------------------------------
+if [ "$ACCOUNTING" = 1 ]; then
+    if ! mariadb -e 'SELECT 1' >/dev/null 2>&1; then
+        mkdir -p /run/mysqld && chown mysql: /run/mysqld
+        [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql >>"$LOG_DIR/mariadb.log" 2>&1 \
+            || fail "mariadb-install-db failed (see $LOG_DIR/mariadb.log)"
+        # Socket only (no port to clash with) and a small buffer pool: the database holds a few jobs.
+        setsid mariadbd --user=mysql --skip-networking --innodb-buffer-pool-size=64M \
+            --innodb-lock-wait-timeout=900 >>"$LOG_DIR/mariadb.log" 2>&1 </dev/null &
+        for _ in $(seq 300); do mariadb -e 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.1; done
+        mariadb -e 'SELECT 1' >/dev/null 2>&1 \
+            || fail "MariaDB does not answer after 30s: $(tail -n1 "$LOG_DIR/mariadb.log" 2>/dev/null)"
+    fi
+    mariadb -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+        CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm-local-ci';
+        GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';" >/dev/null 2>&1 \
+        || fail "could not create the accounting database in MariaDB"
+    new_dbd="# Written by scripts/slurm_local.sh: accounting for the single-node test cluster.
+AuthType=auth/munge
+DbdHost=localhost
+SlurmUser=root
+LogFile=$LOG_DIR/slurmdbd.log
+PidFile=/run/slurm/slurmdbd.pid
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageUser=slurm
+StoragePass=slurm-local-ci
+StorageLoc=slurm_acct_db"
+    if [ "$(cat "$CONF_DIR/slurmdbd.conf" 2>/dev/null)" != "$new_dbd" ]; then
+        printf '%s\n' "$new_dbd" >"$CONF_DIR/slurmdbd.conf"
+        if running /run/slurm/slurmdbd.pid; then
+            pid=$(cat /run/slurm/slurmdbd.pid); kill "$pid"
+            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        fi
+    fi
+    chmod 0600 "$CONF_DIR/slurmdbd.conf"  # slurmdbd refuses a readable file holding the password
+    if ! running /run/slurm/slurmdbd.pid; then
+        slurmdbd >>"$LOG_DIR/slurmdbd.stdout" 2>&1 \
+            || fail "slurmdbd did not start: $(tail -n1 "$LOG_DIR/slurmdbd.log" 2>/dev/null)"
+    fi
+    for _ in $(seq 100); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.2; done
+    sacctmgr -n list cluster >/dev/null 2>&1 \
+        || fail "slurmdbd does not answer after 20s: $(tail -n1 "$LOG_DIR/slurmdbd.log" 2>/dev/null)"
+fi
+
+# --- 5. slurmctld and slurmd -------------------------------------------------------------------
 if [ $conf_changed = 1 ]; then
     # A changed node line needs both daemons restarted; stop the ones this script started before.
     for pidfile in /run/slurm/slurmd.pid /run/slurm/slurmctld.pid; do
@@ -133,7 +193,7 @@ if ! running /run/slurm/slurmd.pid; then
         || fail "slurmd did not start: $(tail -n1 "$LOG_DIR/slurmd.log" "$LOG_DIR/slurmd.stdout" 2>/dev/null | tr '\n' ' ')"
 fi
 
-# --- 5. wait for the node ----------------------------------------------------------------------
+# --- 6. wait for the node ----------------------------------------------------------------------
 deadline=$((start_s + TIMEOUT))
 resumed=0
 while :; do
@@ -150,4 +210,4 @@ while :; do
     fi
     sleep 0.5
 done
-echo "slurm_local: ready in $(( $(date +%s) - start_s ))s: node $HOST ($CPUS CPUs, ${MEM_MB} MB) $state in partition debug"
+echo "slurm_local: ready in $(( $(date +%s) - start_s ))s: node $HOST ($CPUS CPUs, ${MEM_MB} MB) $state in partition debug, accounting: $([ "$ACCOUNTING" = 1 ] && echo "slurmdbd (sacct works)" || echo "none (sacct fails)")"
