@@ -100,9 +100,15 @@ JobAcctGatherType=jobacct_gather/none
 ACCOUNTING_LINES
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
+# Short scheduling loops: a job whose begin time passes (a requeued one) starts within seconds, not 60.
+SchedulerParameters=sched_interval=5,bf_interval=5
+# A requeued job waits cred_expire (default 120 s) before it may start again: 20 s is still ample to
+# launch a step on one local node.
+AuthInfo=cred_expire=20
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 ReturnToService=2
+# Seconds between SIGTERM and SIGKILL when a job is cancelled or requeued (default 30).
 KillWait=5
 MinJobAge=300
 StateSaveLocation=/var/spool/slurmctld
