@@ -3,7 +3,8 @@
 ``slurm_cluster`` (session scope) runs ``scripts/slurm_local.sh`` once: as root on Debian/Ubuntu it
 installs slurm and munge when missing and starts munged, MariaDB, slurmdbd, slurmctld and slurmd on
 this host. Where that cannot work (not root, no apt-get, a daemon that does not start) the tests that
-use it skip with the script's one-line reason. ``SLURM_TESTS=0`` skips them without running it.
+use it skip with the script's one-line reason. ``SLURM_TESTS=0`` skips them without running it;
+``SLURM_LOCAL_ACCOUNTING=0`` starts the cluster without slurmdbd (the tests that need sacct skip).
 
 What the tests rely on, found against this cluster (Slurm 22.05, submitit 1.5):
 
@@ -29,12 +30,19 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "slurm_local.sh"
+
+
+@dataclass
+class Cluster:
+    ready_line: str  # the script's "slurm_local: ready in ..." line
+    accounting: bool  # slurmdbd runs, so sacct (and submitit's job states) work
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +57,8 @@ def slurm_cluster():
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         pytest.skip(lines[-1] if lines else f"scripts/slurm_local.sh exited {proc.returncode}")
-    yield proc.stdout.strip()
+    ready = proc.stdout.strip()
+    yield Cluster(ready_line=ready, accounting="sacct works" in ready)
 
 
 def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -54,10 +54,13 @@ def test_dependency_afterok_orders_two_submitit_jobs(slurm_cluster, tmp_path):
     assert b["start"] >= a["end"], (a, b)
     assert json.loads((tmp_path / "second.json").read_text()) == b
     assert wait_left_queue(second.job_id) == "COMPLETED"
-    # With the accounting database submitit sees the real final state (UNKNOWN without it);
+    # With the accounting database submitit sees the real final state, without it only UNKNOWN;
     # get_info() forces a sacct call, job.state may answer from submitit's cache.
-    wait_until(lambda: sacct_state(second.job_id) == "COMPLETED", 30, "sacct to record the job")
-    assert second.get_info()["State"] == "COMPLETED"
+    if slurm_cluster.accounting:
+        wait_until(lambda: sacct_state(second.job_id) == "COMPLETED", 30, "sacct to record the job")
+        assert second.get_info()["State"] == "COMPLETED"
+    else:
+        assert second.get_info() == {} and second.state == "UNKNOWN"
 
 
 def _requeued(folder: str) -> str:
@@ -119,6 +122,8 @@ def _sleeps() -> None:
 
 def test_cancelled_job_is_done_through_sacct(slurm_cluster, tmp_path):
     """A job killed from outside leaves no result pickle: only sacct tells submitit it is over."""
+    if not slurm_cluster.accounting:
+        pytest.skip("no slurmdbd (SLURM_LOCAL_ACCOUNTING=0): submitit would wait forever on this job")
     job = _executor(tmp_path / "logs").submit(_sleeps)
     wait_state(job.job_id, "RUNNING", timeout=60)
     job.cancel()
