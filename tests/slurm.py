@@ -14,7 +14,9 @@ What the tests rely on, found against this cluster (Slurm 22.05, submitit 1.5):
   ``UNKNOWN``. ``job.done()`` is then true only once the job's result pickle exists, so
   ``job.result()`` still returns for a job that ends normally (a Python exception is pickled too), but
   waits forever for a job killed from outside (scancel, SIGKILL, node failure): UNKNOWN counts as
-  unfinished. Hence the script runs slurmdbd by default, and these helpers read the controller
+  unfinished. With slurmdbd, sacct reports such a job CANCELLED/FAILED, ``job.done()`` turns true and
+  ``job.result()`` raises UncompletedJobError (after 15 s spent looking for the result pickle, submitit's
+  ``_results_timeout_s``). Hence the script runs slurmdbd by default, and these helpers read the controller
   (``scontrol show job``), which knows a job for MinJobAge (300 s) after it ends, database or not.
 * ``scontrol requeue <id>`` on a running batch job (requeueable: ``--requeue``, or the default
   JobRequeue=1) kills it like scancel: each process of the job gets SIGCONT then SIGTERM at once,

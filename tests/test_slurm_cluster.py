@@ -12,7 +12,7 @@ import time
 import cloudpickle
 import pytest
 
-from slurm import (config_value, in_queue, job_info, job_state, requeue, sacct_state, slurm_cluster,  # noqa: F401
+from slurm import (config_value, job_info, requeue, sacct_state, slurm_cluster,  # noqa: F401 (fixture)
                    wait_left_queue, wait_state, wait_until)
 
 submitit = pytest.importorskip("submitit")
@@ -130,5 +130,8 @@ def test_cancelled_job_is_done_through_sacct(slurm_cluster, tmp_path):
     assert wait_left_queue(job.job_id) == "CANCELLED"
     wait_until(lambda: job.done(force_check=True), 30, "submitit to see the job done")
     assert job.state.startswith("CANCELLED")
+    # result() then looks for the result pickle for _results_timeout_s (15 s, for slow shared file
+    # systems) before it raises; a local folder needs no such wait.
+    job._results_timeout_s = 1
     with pytest.raises(submitit.core.utils.UncompletedJobError):
         job.result()
