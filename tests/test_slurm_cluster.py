@@ -1,5 +1,6 @@
 """Jobs through a real Slurm cluster (scripts/slurm_local.sh, via the ``slurm_cluster`` fixture):
-submitit submissions with a dependency, a job requeued mid-run, a job cancelled from outside.
+submitit submissions with a dependency, a job requeued mid-run with scontrol, a job cancelled from
+outside, submitit's own preemption path (SIGUSR2, checkpoint, requeue, resume).
 Skipped, with the reason, where the cluster cannot be started (see tests/slurm.py)."""
 from __future__ import annotations
 
@@ -135,3 +136,39 @@ def test_cancelled_job_is_done_through_sacct(slurm_cluster, tmp_path):
     job._results_timeout_s = 1
     with pytest.raises(submitit.core.utils.UncompletedJobError):
         job.result()
+
+
+class _Counter(submitit.helpers.Checkpointable):
+    """A job that counts to ``target``, slowly on its first run; submitit pickles it (its progress
+    included) when preempted, and the requeued run resumes from there."""
+
+    def __init__(self):
+        self.progress = 0
+
+    def __call__(self, folder: str, target: int) -> dict:
+        attempt = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        resumed_from = self.progress
+        while self.progress < target:
+            self.progress += 1
+            with open(os.path.join(folder, "progress"), "w") as f:
+                f.write(str(self.progress))
+            if attempt == 0:
+                time.sleep(0.1)
+        return {"attempt": attempt, "resumed_from": resumed_from, "progress": self.progress}
+
+
+def test_submitit_preemption_checkpoints_and_requeues(slurm_cluster, tmp_path):
+    """submitit's own path: SIGUSR2 (what Slurm sends before a time limit or on preemption, here
+    from ``job._interrupt()``: scancel --signal SIGTERM, then USR2) makes the job pickle its
+    checkpoint and run ``scontrol requeue`` itself; the next run resumes from the checkpoint."""
+    folder = tmp_path / "marks"
+    folder.mkdir()
+    job = _executor(tmp_path / "logs").submit(_Counter(), str(folder), 600)
+    progress = folder / "progress"
+    wait_until(lambda: progress.exists() and int(progress.read_text() or 0) >= 10, 60, "the job to count")
+    job._interrupt()  # preemption: SIGTERM (ignored by submitit), then SIGUSR2
+    out = job.result()
+    assert out["attempt"] == 1 and out["progress"] == 600, out
+    assert 10 <= out["resumed_from"] < 600, out  # the checkpoint kept the first run's progress
+    assert job_info(job.job_id)["Restarts"] == "1"
+    assert "Bypassing signal SIGTERM" in (job.stderr() or "")
