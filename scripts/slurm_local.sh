@@ -28,6 +28,12 @@ TIMEOUT=${SLURM_LOCAL_TIMEOUT:-60}
 ACCOUNTING=${SLURM_LOCAL_ACCOUNTING:-1}
 start_s=$(date +%s)
 
+# One run at a time on this machine (two test sessions starting together would race for the daemons).
+if command -v flock >/dev/null 2>&1; then
+    exec 9>/run/slurm_local.lock
+    flock -w 900 9 || fail "another slurm_local.sh holds /run/slurm_local.lock"
+fi
+
 node_state() { sinfo -h -n "$HOST" -o %T 2>/dev/null | head -n1; }
 
 # --- 1. packages -------------------------------------------------------------------------------
