@@ -129,6 +129,47 @@ def remove_stale_temporaries(*folders: str | os.PathLike) -> list[Path]:
     return removed
 
 
+STATUS_NAME = "status.json"
+
+
+class RunStatus:
+    """``<run folder>/status.json``: what a run is doing, for ``experiment.py action=status`` and anyone
+    watching a folder: state (running, done, stopped, failed), progress (``done`` of ``target`` in
+    ``unit``), seconds of training so far, the process, and for a failure its message. Written whole
+    (atomically), at most every ``every_s`` seconds while running."""
+
+    def __init__(self, run_dir: str | os.PathLike, target: int, unit: str, every_s: float = 10.0):
+        self.path = Path(run_dir) / STATUS_NAME
+        self.target, self.unit, self.every_s = int(target), unit, every_s
+        self.written_at = 0.0
+        self.fields = {"state": "running", "done": 0, "target": self.target, "unit": unit, "seconds": 0.0,
+                       "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+
+    def progress(self, done: int, seconds: float, force: bool = False) -> None:
+        self.fields.update(done=int(done), seconds=float(seconds))
+        if force or time.time() - self.written_at >= self.every_s:
+            self.write()
+
+    def end(self, state: str, message: str | None = None) -> None:
+        self.fields.update(state=state, message=message, ended=time.time())
+        self.write()
+
+    def write(self) -> None:
+        import json
+        self.fields["updated"] = time.time()
+        with atomic_write(self.path) as handle:
+            handle.write(json.dumps(self.fields).encode())
+        self.written_at = time.time()
+
+
+def read_status(run_dir: str | os.PathLike) -> dict | None:
+    import json
+    try:
+        return json.loads((Path(run_dir) / STATUS_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def run(cfg, phase: str) -> None:
     """The body of pretrain.py (phase ``pretrain``), finetune.py (``finetune``) and offline_train.py
     (``offline``), inside Hydra's run folder; every failure a user can act on is one ``error:`` line."""
@@ -143,11 +184,22 @@ def train(cfg, phase: str, run_dir: Path) -> None:
     check_settings(cfg, phase)
     with RunLock(run_dir), StopSignals(restore=False) as stop:
         remove_stale_temporaries(run_dir, run_dir / "buffer")
-        if phase == "offline":
-            from utils.offline import OfflineRunner
-            runner = OfflineRunner(cfg, run_dir)
-        else:
-            from utils.runner import OnlineRunner
-            runner = OnlineRunner(cfg, run_dir, phase)
-        runner.stop = stop
-        runner.train()
+        status = RunStatus(run_dir, *((cfg.num_train_updates, "updates") if phase == "offline"
+                                      else (cfg.num_train_frames, "frames")))
+        status.write()
+        try:
+            if phase == "offline":
+                from utils.offline import OfflineRunner
+                runner = OfflineRunner(cfg, run_dir)
+            else:
+                from utils.runner import OnlineRunner
+                runner = OnlineRunner(cfg, run_dir, phase)
+            runner.stop, runner.status = stop, status
+            runner.train()
+        except RunStopped as stopped:
+            status.end("stopped", str(stopped))
+            raise
+        except BaseException as error:
+            status.end("failed", str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+            raise
+        status.end("done")

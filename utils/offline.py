@@ -111,7 +111,7 @@ class OfflineRunner:
         self.start_time = self.last_checkpoint = time.time()
         set_aside_unfinished_run(self.run_dir, cfg.resume)
         # Set by utils.lifecycle: the stop signals the loop reads after every update.
-        self.stop = None
+        self.stop = self.status = None
         self.checkpointed_at = None
         resumed = self.maybe_resume()
         for updates in cfg.snapshots:
@@ -190,6 +190,8 @@ class OfflineRunner:
                 }, self.frame, "train")
                 self.logger.dump(self.frame, "train")
                 self.threads.rebalance()
+                if self.status is not None:
+                    self.status.progress(self.updates, self.total_time())
             if self.eval_replay is not None and self.updates % cfg.eval_every_updates == 0:
                 self.evaluate()
             snapshot_written = False
@@ -201,12 +203,16 @@ class OfflineRunner:
             if self.stop is not None and self.stop.requested:
                 if self.checkpointed_at != self.updates:
                     self.save_checkpoint()
+                if self.status is not None:
+                    self.status.progress(self.updates, self.total_time(), force=True)
                 progress.close()
                 self.logger.close()
                 self.threads.close()
                 raise self.stop.stop_line(self.run_dir, f"update {self.updates}")
         # A finished run re-launched in the same folder resumes here and stops at once.
         self.save_checkpoint()
+        if self.status is not None:
+            self.status.progress(self.updates, self.total_time(), force=True)
         progress.close()
         self.logger.close()
         self.threads.close()

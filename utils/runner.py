@@ -141,7 +141,7 @@ class OnlineRunner:
         self.start_time = time.time()
         self.last_checkpoint = time.time()
         # Set by utils.lifecycle: the stop signals the loop reads after every step.
-        self.stop = None
+        self.stop = self.status = None
         self.episode_in_progress, self.pending_metrics = None, {}
         resumed = self.maybe_resume()
         for frame in self.snapshot_frames():
@@ -323,6 +323,8 @@ class OnlineRunner:
                 }, self.frame, "train")
                 self.logger.dump(self.frame, "train")
                 self.threads.rebalance()
+                if self.status is not None:
+                    self.status.progress(self.frame, self.total_time())
                 if snapshot_written or time.time() - self.last_checkpoint >= checkpoint_every_s:
                     self.save_checkpoint()
                     snapshot_written = False
@@ -331,6 +333,8 @@ class OnlineRunner:
                     self.episode_state(state, meta, episode_reward, episode_step, snapshot_written)
                 if self.checkpointed_at != self.step:
                     self.save_checkpoint(unfinished)
+                if self.status is not None:
+                    self.status.progress(self.frame, self.total_time(), force=True)
                 self.progress.close()
                 self.logger.close()
                 self.threads.close()
@@ -340,6 +344,8 @@ class OnlineRunner:
         # A finished run re-launched in the same folder resumes here and stops at once.
         if self.checkpointed_at != self.step:
             self.save_checkpoint()
+        if self.status is not None:
+            self.status.progress(self.frame, self.total_time(), force=True)
         self.progress.close()
         self.logger.close()
         self.threads.close()
