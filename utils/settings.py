@@ -165,9 +165,9 @@ def check_settings(cfg: DictConfig, phase: str) -> None:
 
 
 # ------------------------------------------------------------------------------ before Hydra runs
-def _config_groups() -> dict[str, list[str]]:
+def _config_groups(config_dir: Path) -> dict[str, list[str]]:
     return {folder.name: sorted(path.stem for path in folder.glob("*.yaml"))
-            for folder in CONFIG_DIR.iterdir() if folder.is_dir() and folder.name not in ("hydra", "agent_preset")}
+            for folder in config_dir.iterdir() if folder.is_dir() and folder.name not in ("hydra", "agent_preset")}
 
 
 def _leaf_keys(node, prefix: str = "") -> list[str]:
@@ -194,7 +194,7 @@ def _type_problem(default, value) -> str | None:
     return None
 
 
-def preflight(config_name: str, argv: list[str] | None = None) -> None:
+def preflight(config_name: str, argv: list[str] | None = None, config_dir: Path = CONFIG_DIR) -> None:
     """Compose the config as Hydra will, and turn what it would refuse (or silently accept with the
     wrong type) into one ``error:`` line. Multirun sweeps and Hydra's own flags are left to Hydra."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -202,12 +202,12 @@ def preflight(config_name: str, argv: list[str] | None = None) -> None:
         return
     overrides = [arg for arg in args if not arg.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
     try:
-        _check_overrides(config_name, overrides)
+        _check_overrides(config_name, overrides, Path(config_dir))
     except UserError as error:
         sys.exit(f"error: {error}")
 
 
-def _check_overrides(config_name: str, overrides: list[str]) -> None:
+def _check_overrides(config_name: str, overrides: list[str], config_dir: Path) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -217,13 +217,14 @@ def _check_overrides(config_name: str, overrides: list[str]) -> None:
         raise UserError(f"cannot read the command line: {str(error).splitlines()[0]}") from None
     if any(o.is_sweep_override() for o in parsed):
         return
-    groups = _config_groups()
+    groups = _config_groups(config_dir)
     for override in parsed:
         group = override.key_or_group
         if group in groups and override.value() not in groups[group] and not override.is_delete():
-            raise UserError(f"{group}={override.value()} names no file configs/{group}/{override.value()}.yaml; valid: {', '.join(groups[group])}")
+            where = Path(config_dir).relative_to(CONFIG_DIR.parent) / group / f"{override.value()}.yaml"
+            raise UserError(f"{group}={override.value()} names no file {where}; valid: {', '.join(groups[group])}")
     group_choices = [o.input_line for o in parsed if o.key_or_group in groups]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         defaults = compose(config_name, overrides=group_choices)
         try:
             cfg = compose(config_name, overrides=overrides)
