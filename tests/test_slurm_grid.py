@@ -1,0 +1,93 @@
+"""experiment.py launcher=slurm on a real single-node Slurm cluster (tests/slurm.py): a tiny grid
+(2 agents x walker x 2 seeds) through the real sbatch, fine-tunings after their pre-trainings, a
+rerun that submits nothing, a job requeued mid-run that ends with the CSV rows of an uninterrupted
+run. Skipped, with the reason, where the cluster cannot be started."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from slurm import in_queue, requeue, slurm_cluster, wait_until  # noqa: F401 (fixture)
+from test_experiment import TINY_GRID
+
+SLURM_GRID = [arg for arg in TINY_GRID if not arg.startswith("launcher.")] + [
+    "launcher=slurm", "launcher.threads=1", "experiment.pretrain.resources.mem_gb=2",
+    "experiment.finetune.resources.mem_gb=2", "experiment.pretrain.resources.time_min=20",
+    "experiment.finetune.resources.time_min=20"]
+
+
+def experiment(out, *extra, timeout=300):
+    return subprocess.run([sys.executable, str(REPO / "experiment.py"), *SLURM_GRID, f"out={out}", *extra],
+                          cwd=out.parent, capture_output=True, text=True, timeout=timeout)
+
+
+def grid_jobs(out) -> dict[str, str]:
+    return json.loads((out / "jobs.json").read_text())
+
+
+def wait_for_grid(out, timeout=900):
+    jobs = grid_jobs(out)
+    wait_until(lambda: not any(in_queue(job) for job in jobs.values()), timeout, "the grid's jobs to leave the queue",
+               poll=2)
+
+
+def csv_rows(path, drop=("fps", "total_time")):
+    with open(path) as handle:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(handle)]
+
+
+def test_a_slurm_grid_runs_in_order_scores_and_a_rerun_submits_nothing(slurm_cluster, tmp_path):
+    out = tmp_path / "grid"
+    submitted = experiment(out)
+    assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]
+    assert "submitted 8 cell(s)" in submitted.stdout
+    jobs = grid_jobs(out)
+    assert len(jobs) == 9 and "score" in jobs  # 8 cells and the scoring job
+    again = experiment(out)  # while the jobs are queued or running: nothing new
+    assert "submitted 0 cell(s)" in again.stdout, again.stdout
+    assert grid_jobs(out) == jobs
+    status = experiment(out, "action=status")
+    assert status.returncode == 0 and "8 cells (" in status.stdout.splitlines()[0], status.stdout
+    wait_for_grid(out)
+    statuses = {path.parent.name: json.loads(path.read_text()) for path in (out / "runs").glob("*/status.json")}
+    assert len(statuses) == 8 and all(s["state"] == "done" for s in statuses.values()), statuses
+    for name, status_of in statuses.items():
+        if name.startswith("ft_"):
+            pretraining = statuses[name.replace("ft_", "pt_").replace("walker_stand", "walker")]
+            assert status_of["started"] >= pretraining["ended"], name  # afterok held
+    results = (out / "results.md").read_text()  # written by the scoring job
+    for agent in ("choreo", "lbs"):
+        assert f"| {agent} | walker_stand | 2 |" in results, results
+    rerun = experiment(out)
+    assert rerun.returncode == 0 and "submitted 0 cell(s)" in rerun.stdout, rerun.stdout
+    assert grid_jobs(out) == jobs
+
+
+def test_a_requeued_job_ends_with_the_rows_of_an_uninterrupted_run(slurm_cluster, tmp_path):
+    """``scontrol requeue`` mid-run: SIGTERM reaches the run, which writes its checkpoint; the job runs
+    again and continues from it. Its rows equal those of the same cell run locally, never stopped."""
+    one_cell = ["experiment.agents=[choreo]", "experiment.seeds=[1]", "experiment.tasks.walker=[]",
+                "experiment.pretrain.frames=4000"]
+    reference = tmp_path / "local"
+    local = subprocess.run([sys.executable, str(REPO / "experiment.py"), *TINY_GRID, *one_cell, f"out={reference}"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert local.returncode == 0, local.stderr[-2000:]
+    out = tmp_path / "slurm"
+    submitted = experiment(out, *one_cell)
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+    job = grid_jobs(out)["pt_choreo_walker_s1"]
+    train_csv = out / "runs" / "pt_choreo_walker_s1" / "train.csv"
+    wait_until(lambda: train_csv.exists() and len(train_csv.read_text().splitlines()) >= 2, 300,
+               "the first episode of the pre-training", poll=0.2)
+    requeue(job)
+    wait_for_grid(out)
+    log = (out / "logs" / "pt_choreo_walker_s1.log").read_text()
+    assert "stopped by SIGTERM" in log and "resumed from" in log, log[-3000:]
+    status = json.loads((out / "runs" / "pt_choreo_walker_s1" / "status.json").read_text())
+    assert status["state"] == "done" and status["done"] == 4000
+    assert csv_rows(train_csv) == csv_rows(reference / "runs" / "pt_choreo_walker_s1" / "train.csv")
