@@ -1,5 +1,5 @@
-"""What every agent with skills shares (Choreographer, DIAYN, APS: agent/choreo.py, agent/diayn.py,
-agent/aps.py); a skill method is this base, its skill reward and its skill model.
+"""What every agent with skills shares (docs/algorithm.md §14.5): Choreographer, DIAYN and APS
+(agent/choreo.py, agent/diayn.py, agent/aps.py) are each this base, a skill model and a skill reward.
 
 * Skills and their cadence: ``init_meta`` draws the episode's skill (``sample_skill``: a one-hot of
   ``skill_dim`` by default), ``update_meta`` draws a new one every ``update_skill_every_step`` steps;
