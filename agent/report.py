@@ -5,10 +5,10 @@
 1. the ground truth: the batch's frames, unchanged;
 2. the open-loop prediction: posterior reconstructions for the first ``context`` steps, then the
    prior rolled forward with the replayed actions (``rssm.imagine_actions``), decoded;
-3. (agents whose ``skill_reconstruction`` gives one: Choreographer) the skill reconstruction: the same posterior reconstructions for ``context`` steps, then each
-   imagined deterministic state passed through the VQ encoder, snapped to its nearest code and
-   decoded by the VQ decoder; stoch is sampled from the prior head given that deter, and the
-   resulting feature is decoded.
+3. (agents whose ``skill_reconstruction`` gives one: Choreographer) the skill reconstruction: the
+   same posterior reconstructions for ``context`` steps, then each imagined deterministic state
+   passed through the VQ encoder, snapped to its nearest code and decoded by the VQ decoder; stoch
+   is sampled from the prior head given that deter, and the resulting feature is decoded.
 
 and whose N columns are the first N sequences of the batch. Pixels only.
 """
