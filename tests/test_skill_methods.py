@@ -250,6 +250,17 @@ def test_every_stage_is_free_of_host_reads(name):
     assert {stage: found for stage, found in agent.stages.reads.items() if found} == {}
 
 
+def test_visualize_skills_rolls_out_a_diayn_skill():
+    import envs
+    from visualize_skills import rollout_skill, select_skills
+    agent = make_agent("diayn")
+    assert select_skills(agent, None) == [0, 1, 2, 3] and select_skills(agent, 2) == [0, 1]  # no usage counts
+    env = envs.make("walker_stand", "states", action_repeat=1, seed=0)
+    frames = rollout_skill(agent, env, 2, 3, pixels=False)
+    env.close()
+    assert frames.shape[0] == 3 and frames.dtype == np.uint8
+
+
 # ------------------------------------------------------------------------------ scripts end to end
 @pytest.mark.parametrize("name", SKILL_AGENTS)
 def test_scripts_pretrain_finetune_and_offline(tmp_path, tiny_dataset, name):  # noqa: F811
@@ -271,18 +282,26 @@ def test_scripts_pretrain_finetune_and_offline(tmp_path, tiny_dataset, name):  #
     assert {"model_loss", "skill_actor_loss"} | own <= run_offline(tmp_path, name, tiny_dataset)
 
 
-@pytest.mark.parametrize("name", SKILL_AGENTS)
-def test_zero_shot_goal_evaluation_on_jaco(tmp_path, name):
-    agent = build_agent(compose_config(BASE + [f"agent={name}", *AGENT_EXTRA[name]]), (55,), 9, torch.device("cpu"))
-    path = tmp_path / "pretrained_models" / "states" / "jaco" / name / "1" / "snapshot_100.pt"
-    save_snapshot({"agent": agent.snapshot_state(), "obs_type": "states", "domain": "jaco", "action_repeat": 2,
+ZERO_SHOT = {"jaco_reach_top_left": (55, 9, 250, []), "mw_reach": (39, 4, 500, ["task_id=3"])}
+
+
+@pytest.mark.parametrize("name, task", [("diayn", "jaco_reach_top_left"), ("aps", "jaco_reach_top_left"),
+                                        ("diayn", "mw_reach"), ("aps", "mw_reach")])
+def test_zero_shot_goal_evaluation(tmp_path, name, task):
+    """eval_goals=True: success_rate of random skills and goal_success_rate of ``skill_for_goal``'s pick."""
+    obs_dim, action_dim, frames, extra = ZERO_SHOT[task]
+    domain = task.split("_")[0]
+    agent = build_agent(compose_config(BASE + [f"agent={name}", *AGENT_EXTRA[name]]), (obs_dim,), action_dim,
+                        torch.device("cpu"))
+    path = tmp_path / "pretrained_models" / "states" / domain / name / "1" / "snapshot_100.pt"
+    save_snapshot({"agent": agent.snapshot_state(), "obs_type": "states", "domain": domain, "action_repeat": 2,
                    "global_frame": 100}, path)
     command = [sys.executable, str(REPO / "finetune.py"), *BASE, f"agent={name}", *AGENT_EXTRA[name], "threads=1",
-               f"hydra.run.dir={tmp_path / 'run'}", "configs=dmc_states_ar2", "task=jaco_reach_top_left",
+               f"hydra.run.dir={tmp_path / 'run'}", "configs=dmc_states_ar2", f"task={task}", *extra,
                "snapshot_ts=100", "num_train_frames=10", "num_eval_episodes=2", "eval_goals=True"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert re.search(r"^\| eval \| F: 0 \| S: 0 \| E: 0 \| L: 250 \| R: ", result.stdout, re.M), result.stdout
+    assert re.search(rf"^\| eval \| F: 0 \| S: 0 \| E: 0 \| L: {frames} \| R: ", result.stdout, re.M), result.stdout
     header, row = (tmp_path / "run" / "eval.csv").read_text().splitlines()[:2]
     values = dict(zip(header.split(","), row.split(",")))
     assert 0.0 <= float(values["success_rate"]) <= 1.0
