@@ -100,19 +100,23 @@ def load_agent(snapshot_path: str, task: str | None, seed: int, device_name: str
         if domain != "jaco" or obs_type != "states":
             raise UserError(f"snapshot {path} does not fit task {task} ({obs_type}): {error}") from error
         env, agent = attempt(exorl=True)
-    if not hasattr(agent, "skill_module"):
+    if not agent.has_skills:
         raise UserError(f"snapshot {path} is of agent={agent.name}, which has no skills to show; "
-                        f"visualize_skills.py shows agent=choreo's skills")
+                        f"visualize_skills.py shows the skills of agents with skills (choreo, diayn, aps)")
     agent.eval()
     torch.manual_seed(seed)
     return agent, env, task, obs_type
 
 
 def select_skills(agent, count: int | None) -> list[int]:
-    """All skills in index order, or the ``count`` most used (VQ ``cluster_size``), most used first."""
-    usage = agent.skill_module.cluster_size.detach().float().cpu().numpy()
-    if count is None or count >= len(usage):
-        return list(range(len(usage)))
+    """All skills in index order, or the ``count`` most used (``agent.skill_usage()``: choreo's VQ
+    ``cluster_size``), most used first; the first ``count`` where the method counts no usage."""
+    usage = agent.skill_usage()
+    total = agent.skill_count
+    if count is None or count >= total:
+        return list(range(total))
+    if usage is None:
+        return list(range(count))
     return [int(i) for i in np.argsort(-usage, kind="stable")[:count]]
 
 
@@ -120,7 +124,7 @@ def rollout_skill(agent, env, skill: int, steps: int, pixels: bool) -> np.ndarra
     """``steps`` frames (steps, 3, H, W) of the skill actor's mean behaviour from a fresh episode;
     frame t is what the agent saw when choosing its t-th action."""
     import torch
-    one_hot = torch.zeros(1, agent.skill_dim, device=agent.device)
+    one_hot = torch.zeros(1, agent.skill_count, device=agent.device)
     one_hot[0, skill] = 1.0
     frames = []
     time_step, state = env.reset(), None
@@ -128,7 +132,7 @@ def rollout_skill(agent, env, skill: int, steps: int, pixels: bool) -> np.ndarra
         frames.append(time_step["observation"] if pixels else env.render_physics(env.physics_state()))
         with torch.no_grad():
             latent, feat = agent.observe(time_step, state)
-            action = agent.skill_ac.actor(agent.skill_ac.policy_input(feat, one_hot)).mode()
+            action = agent.skill_policy(feat, one_hot).mode()
         state = (latent, action)
         time_step = env.step(action[0].cpu().numpy())
         if time_step["is_last"]:

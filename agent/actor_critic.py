@@ -113,8 +113,11 @@ class ActorCritic(nn.Module):
         return metrics
 
     def update_step(self, rssm: RSSM, start: State, horizon: int, reward_fn: RewardFn,
-                    cond: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """The tensor work of ``update`` (recordable as a CUDA graph): everything but the target refresh."""
+                    cond: torch.Tensor | None = None, keep_rollout: bool = False):
+        """The tensor work of ``update`` (recordable as a CUDA graph): everything but the target refresh.
+        Returns the metrics, and with ``keep_rollout`` also the detached rollout it trained on,
+        ``{"feat": (H+1, N, F), "deter": (H+1, N, D)}`` (so a skill model can learn from the same states
+        without imagining again)."""
         p = self.prefix
         with trainable(self.actor):
             states, actions, outputs = self.imagine_rollout(rssm, start, horizon, cond, with_entropy=self.fast)
@@ -137,6 +140,8 @@ class ActorCritic(nn.Module):
             f"{p}actor_ent": ent.detach().mean(), f"{p}actor_ent_scale": torch.tensor(self.actor_ent),
             f"{p}critic": dist.mean.detach().mean(),
         })
+        if keep_rollout:
+            return metrics, {"feat": feat.detach(), "deter": states["deter"].detach()}
         return metrics
 
     def targets(self, inputs: torch.Tensor, reward: torch.Tensor

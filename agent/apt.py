@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from agent.exploration import particle_entropy_reward
+from agent.exploration import imagined_particle_entropy
 from agent.explorer import ExplorationAgent
 from models.rssm import State
 
@@ -26,7 +26,5 @@ class APTAgent(ExplorationAgent):
 
     def intrinsic_reward(self, states: State, _feat: torch.Tensor, _actions: torch.Tensor | None = None
                          ) -> torch.Tensor:
-        deter = states["deter"]
-        entropy = particle_entropy_reward(deter.reshape(-1, deter.shape[-1]).detach(), self.knn_k, self.knn_clip,
-                                          self.knn_chunk_elements, fused=self.fast)
-        return entropy.reshape(deter.shape[:-1]).to(deter.dtype)
+        return imagined_particle_entropy(states["deter"], self.knn_k, self.knn_clip, self.knn_chunk_elements,
+                                         self.fast)

@@ -12,6 +12,11 @@ it. The scripts, ``collect.py`` and ``visualize_skills.py`` use only these metho
   pre-training snapshot provides;
 * ``snapshot_state() / load_snapshot_state(state)``: everything to save and resume.
 
+and, about skills (``agent/report.py``, ``visualize_skills.py`` and the zero-shot evaluation ask
+these, never the agent's class): ``has_skills``, ``skill_count``, ``skill_usage()``,
+``skill_reconstruction(deter)``, ``skill_policy(feat, skill)`` and ``skill_for_goal(...)``. Agents
+with skills derive from ``SkillAgent`` (agent/skill_agent.py), which implements them.
+
 A subclass builds its parts in ``__init__`` after calling ``super().__init__`` and then calls
 ``self.ready()``; it names the parts a fine-tuning run copies from a snapshot in ``init_from_keys``.
 Agents are built by ``utils.runner.build_agent`` with Hydra's ``instantiate`` from
@@ -48,6 +53,8 @@ class WorldModelAgent(nn.Module):
     reward_free: bool = True
     # Snapshots of which other agents fine-tuning may start from (besides its own).
     loads_snapshots_of: tuple[str, ...] = ()
+    # Whether the agent has skills (a SkillAgent): the skill interface below answers for agents without.
+    has_skills: bool = False
 
     def __init__(self, obs_shape: tuple[int, ...], action_dim: int, *, name: str, device: torch.device, seed: int,
                  precision: int, world_model: dict, behaviour: dict, actor: dict, critic: dict, actor_opt: dict,
@@ -160,6 +167,26 @@ class WorldModelAgent(nn.Module):
 
     def update_meta(self, meta: np.ndarray, step: int) -> np.ndarray:
         return meta
+
+    # --------------------------------------------------------------------- the skill interface
+    @property
+    def skill_count(self) -> int:
+        """How many skills there are to show or pick from (0: none)."""
+        return 0
+
+    def skill_usage(self) -> np.ndarray | None:
+        """How much each skill was used (skill_count,), where the method counts it; None otherwise."""
+        return None
+
+    def skill_reconstruction(self, deter: torch.Tensor) -> State | None:
+        """Latent states (..., ) rebuilt from deterministic states ``deter`` (..., D) through the skill
+        bottleneck, for the open-loop video's skill row; None for a method without one."""
+        return None
+
+    def skill_for_goal(self, goal_observation: np.ndarray, goal_steps: int, mode: str, time_step: dict
+                       ) -> np.ndarray:
+        """The skill (a meta vector) for reaching a goal observation (docs/decisions.md D8)."""
+        raise NotImplementedError(f"agent={self.name} has no skills to pick for a goal")
 
     # ------------------------------------------------------------------------------------ acting
     @torch.no_grad()

@@ -1,166 +1,98 @@
-"""The Choreographer agent (docs/algorithm.md §1, §8, §10): world model, LBS exploration, VQ skills
-and the skill-conditioned actor-critic, with ``act`` for the environment loop and ``update`` for one
-training step on a replay batch.
+"""The Choreographer agent (docs/algorithm.md §1, §8, §10): the skill base (agent/skill_agent.py:
+skills, the skill policy, the meta-controller for fine-tuning) with LBS exploration
+(agent/exploration.py) and the VQ skill module (agent/skills.py), whose code reward plus the
+particle entropy of the imagined states is the skill reward.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from agent.actor_critic import ActorCritic, refresh_target
-from agent.base import WorldModelAgent
-from agent.exploration import LBSHead, particle_entropy_reward
-from agent.meta_controller import MetaController
+from agent.actor_critic import ActorCritic
+from agent.exploration import LBSExploration, imagined_particle_entropy
+from agent.skill_agent import SkillAgent
 from agent.skills import SkillModule
-from models.distributions import one_hot
-from models.normalise import StreamNorm
+from models.distributions import OneHotCategorical
 from models.optim import Optimizer
-from models.recompute import over_rows
 from models.rssm import State
 
 
-class ChoreoAgent(WorldModelAgent):
+class ChoreoAgent(LBSExploration, SkillAgent):
     """Choreographer: LBS exploration, VQ skills learned in imagination and, for fine-tuning, the
-    meta-controller over the skills (the yaml's keys are this class's arguments)."""
+    meta-controller over the skills (the yaml's keys are this class's and SkillAgent's arguments)."""
     init_from_keys = ("wm.rssm.", "wm.encoder.", "wm.decoder.", "skill_module.encoder.", "skill_module.decoder.",
                       "skill_module.codebook", "skill_ac.actor.")
 
     def __init__(self, obs_shape: tuple[int, ...], action_dim: int, *, reward_norm: dict, actor_ent: float,
-                 skill_dim: int, skill_reward_norm: dict, skill_actor_ent: float, code_dim: int,
-                 code_resampling: bool, resample_every: int, update_skill_every_step: int, knn_k: int,
-                 knn_clip: float, knn_chunk_elements: int, num_init_frames: int, freeze_skills: bool,
-                 **shared):
-        super().__init__(obs_shape, action_dim, **shared)
-        self.skill_dim = skill_dim
-        self.update_skill_every_step = update_skill_every_step
+                 code_dim: int, code_resampling: bool, resample_every: int, knn_k: int, knn_clip: float,
+                 knn_chunk_elements: int, **skill_settings):
+        super().__init__(obs_shape, action_dim, **skill_settings)
         self.knn_k, self.knn_clip, self.knn_chunk_elements = knn_k, knn_clip, knn_chunk_elements
-        self.init_steps = num_init_frames // self.action_repeat
-        self.freeze_skills = freeze_skills
-        # Fine-tuning gate (docs/algorithm.md §8.3): random skills and no behaviour learning until a
-        # training batch holds a reward above 1e-4. A tensor (saved with the agent), read on the host
-        # only until it is set: then the host copy answers and updates no longer wait on the device.
-        self.register_buffer("reward_seen", torch.zeros((), dtype=torch.bool))
-        self._gate_open = False
-
-        feat_dim, head = self.feat_dim, self.reward_head_cfg
-        self._meta_args = dict(feat_dim=feat_dim, skill_dim=skill_dim, **self.ac_args)
-        self.lbs = LBSHead(feat_dim, head["layers"], head["units"], head["norm"], self.model_opt_cfg)
-        self.expl_ac = ActorCritic(feat_dim, action_dim, reward_norm=reward_norm, actor_ent=actor_ent, **self.ac_args)
-        self.skill_module = SkillModule(self.wm.rssm.deter, skill_dim, code_dim, head["layers"], head["units"],
+        self.build_lbs()
+        self.expl_ac = ActorCritic(self.feat_dim, action_dim, reward_norm=reward_norm, actor_ent=actor_ent,
+                                   **self.ac_args)
+        head = self.reward_head_cfg
+        self.skill_module = SkillModule(self.wm.rssm.deter, self.skill_dim, code_dim, head["layers"], head["units"],
                                         "layer", self.ac_args["actor_opt"], code_resampling, resample_every)
-        self.skill_ac = ActorCritic(feat_dim, action_dim, reward_norm=skill_reward_norm, actor_ent=skill_actor_ent,
-                                    cond_dim=skill_dim, prefix="skill_", **self.ac_args)
+        self.build_skill_policy()
         self.ready()
 
-    # ----------------------------------------------------------------- optimisers and precision
-    def optimizers(self) -> dict[str, Optimizer]:
-        optimizers = {"model": self.wm.opt, "skill": self.skill_module.opt,
-                      "skill_actor": self.skill_ac.actor_opt, "skill_critic": self.skill_ac.critic_opt}
-        if self.is_ft:
-            optimizers.update(self.meta.optimizers())
-        else:
-            optimizers.update(lbs=self.lbs.opt, actor=self.expl_ac.actor_opt, critic=self.expl_ac.critic_opt)
-        return optimizers
+    # ------------------------------------------------------------------------- the SkillAgent parts
+    def skill_model_optimizers(self) -> dict[str, Optimizer]:
+        return {"skill": self.skill_module.opt}
 
-    # --------------------------------------------------------------------------------- fine-tuning
-    def finetune_mode(self) -> None:
-        """Switch to the fine-tuning phase (docs/algorithm.md §8.1): the exploration behaviour and LBS
-        head make way for the meta-controller, whose executor is the skill policy."""
+    def exploration_optimizers(self) -> dict[str, Optimizer]:
+        return {"lbs": self.lbs.opt, "actor": self.expl_ac.actor_opt, "critic": self.expl_ac.critic_opt}
+
+    def drop_exploration(self) -> None:
+        """Fine-tuning (docs/algorithm.md §8.1): the exploration behaviour and LBS head go."""
         del self.expl_ac, self.lbs
-        self.skill_ac.reward_norm = StreamNorm(momentum=1.0)
-        self.meta = MetaController(executor=self.skill_ac.actor, train_executor=not self.freeze_skills,
-                                   **self._meta_args)
-        super().finetune_mode()
 
-    # ----------------------------------------------------------------------------- skills (meta)
-    def init_meta(self) -> np.ndarray:
-        skill = np.zeros(self.skill_dim, dtype=np.float32)
-        skill[self.rng.integers(self.skill_dim)] = 1.0
-        return skill
+    def exploration_policy(self, feat: torch.Tensor, meta: np.ndarray):
+        return self.expl_ac.actor(feat)
 
-    def update_meta(self, meta: np.ndarray, step: int) -> np.ndarray:
-        return self.init_meta() if step % self.update_skill_every_step == 0 else meta
+    def skill_reward(self, skill: torch.Tensor):
+        """Particle entropy of the imagined deter (all pooled) + the code reward (docs/algorithm.md §7.5)."""
+        def reward(states: State, _feat: torch.Tensor, _actions: torch.Tensor | None = None) -> torch.Tensor:
+            deter = states["deter"]
+            entropy = imagined_particle_entropy(deter, self.knn_k, self.knn_clip, self.knn_chunk_elements, self.fast)
+            return entropy + self.skill_module.code_reward(skill, deter)
+        return reward
 
-    # ------------------------------------------------------------------------------------ acting
-    def policy(self, feat: torch.Tensor, meta: np.ndarray, step: int, eval_mode: bool):
-        """Pre-training: the exploration actor. Fine-tuning: the skill policy on ``meta`` (a random
-        skill) until ``num_init_frames`` have passed and a reward was seen, then on the skill the
-        meta-controller picks at every step."""
-        if not self.is_ft:
-            return self.expl_ac.actor(feat)
-        if self.adapting(step):
-            selector = self.meta.selector(feat)
-            skill = selector.mode() if eval_mode else selector.sample()
-        else:
-            skill = torch.as_tensor(meta, device=self.device).unsqueeze(0)
-        return self.skill_ac.actor(torch.cat([feat, skill], -1))
-
-    @torch.no_grad()
-    def goal_latent(self, goal_observation: np.ndarray, steps: int) -> torch.Tensor:
-        """Deterministic state (1, D) after seeing the goal observation ``steps`` times with zero
-        actions: the first posterior step cannot depend on the observation, so one is not enough.
-        The most likely latents are taken rather than samples, so the answer is repeatable."""
-        state = None
-        for i in range(max(1, steps)):
-            latent, _ = self.observe({"observation": goal_observation, "is_first": i == 0}, state, sample=False)
-            state = (latent, torch.zeros(1, self.action_dim, device=self.device))
-        return latent["deter"]
-
-    @torch.no_grad()
-    def skill_for_goal(self, goal_observation: np.ndarray, goal_steps: int, mode: str, time_step: dict
-                       ) -> np.ndarray:
-        """One-hot skill for reaching a goal (docs/decisions.md D8). ``nearest``: the skill whose
-        decoded code is nearest the goal's deterministic state; ``imagine``: the skill whose imagined
-        rollout from the current observation ends nearest it."""
-        goal = self.goal_latent(goal_observation, goal_steps)
-        skills = torch.eye(self.skill_dim, device=self.device)
-        if mode == "nearest":
-            index = self.nearest_skill(goal)
-        elif mode == "imagine":
-            latent, _ = self.observe(time_step, None)
-            start = {key: value.expand(self.skill_dim, *value.shape[1:]) for key, value in latent.items()}
-            states, _ = self.skill_ac.imagine(self.wm.rssm, start, self.update_skill_every_step, cond=skills)
-            reached = states["deter"][-1]
-            index = int((reached - goal).norm(dim=-1).argmin())
-        else:
-            raise ValueError(f"unknown goal_skill '{mode}'; valid: nearest, imagine, none")
-        meta = np.zeros(self.skill_dim, dtype=np.float32)
-        meta[index] = 1.0
-        return meta
+    # ------------------------------------------------------------------------- skill interface
+    def goal_skill_scores(self, goal: State) -> torch.Tensor:
+        """Minus the distance of each skill's decoded code to the goal's deterministic state."""
+        targets = self.skill_module.skill_target(torch.eye(self.skill_dim, device=self.device))
+        return -(targets - goal["deter"]).norm(dim=-1)
 
     @torch.no_grad()
     def nearest_skill(self, deter: torch.Tensor) -> int:
         """Index of the skill whose decoded code is nearest the deterministic state ``deter`` (1, D)."""
-        targets = self.skill_module.skill_target(torch.eye(self.skill_dim, device=self.device))
-        return int((targets - deter).norm(dim=-1).argmin())
+        return int(self.goal_skill_scores({"deter": deter}).argmax())
 
-    def adapting(self, step: int) -> bool:
-        """Whether the meta-controller drives the skills (fine-tuning, after the initial phase)."""
-        return self.is_ft and step >= self.init_steps and self.gate_open()
+    def skill_usage(self) -> np.ndarray:
+        """The VQ codebook's EMA cluster sizes."""
+        return self.skill_module.cluster_size.detach().float().cpu().numpy()
 
-    def gate_open(self) -> bool:
-        if not self._gate_open:
-            self._gate_open = bool(self.reward_seen)
-        return self._gate_open
+    def skill_reconstruction(self, deter: torch.Tensor) -> State:
+        """Latent states whose deter is ``deter`` (..., D) reconstructed through the VQ bottleneck
+        (encoded, snapped to the nearest code, decoded) and whose stoch is a sample of the prior head
+        given that deter."""
+        module, rssm = self.skill_module, self.wm.rssm
+        lead = deter.shape[:-1]
+        flat = deter.reshape(-1, deter.shape[-1])
+        z_e = module.encoder(flat).mean.float()
+        z_q = module.codebook.t()[module.nearest_code(z_e)]
+        rec = module.decoder(z_q.to(module.codebook.dtype)).mean.to(flat.dtype)
+        logit = rssm.prior_out(rec).reshape(-1, rssm.stoch, rssm.discrete)
+        stoch = OneHotCategorical(logit.float()).sample().to(rec.dtype)
+        return {"logit": logit.reshape(*lead, rssm.stoch, rssm.discrete),
+                "stoch": stoch.reshape(*lead, rssm.stoch, rssm.discrete), "deter": rec.reshape(*lead, -1)}
 
     # ---------------------------------------------------------------------------------- training
-    def skill_reward(self, skill: torch.Tensor):
-        def reward(states: State, _feat: torch.Tensor, _actions: torch.Tensor | None = None) -> torch.Tensor:
-            deter = states["deter"]
-            entropy = particle_entropy_reward(deter.reshape(-1, deter.shape[-1]).detach(), self.knn_k,
-                                              self.knn_clip, self.knn_chunk_elements, fused=self.fast)
-            return entropy.reshape(deter.shape[:-1]).to(deter.dtype) + self.skill_module.code_reward(skill, deter)
-        return reward
-
-    def random_skills(self, count: int) -> torch.Tensor:
-        index = torch.randint(self.skill_dim, (count,), device=self.device)
-        return one_hot(index, torch.empty(count, self.skill_dim, device=self.device))
-
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One training step: pre-training (docs/algorithm.md §10.2: world model, LBS head,
-        exploration AC, VQ, skill AC) or, after ``finetune_mode``, fine-tuning."""
-        if self.is_ft:
-            return self.update_finetune(batch)
+    def update_pretrain(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One pre-training step (docs/algorithm.md §10.2): world model, LBS head, exploration AC, VQ,
+        skill AC."""
         post, kl, metrics = self.update_world_model(batch)
         start = self.imagination_starts(post)
         metrics.update(self.update_lbs(post, kl))
@@ -168,22 +100,6 @@ class ChoreoAgent(WorldModelAgent):
         metrics.update(self.update_skill_module(start))
         metrics.update(self.update_skill_behaviour(start))
         return metrics
-
-    def update_finetune(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One fine-tuning step (docs/algorithm.md §10.2): world model, then the meta-controller once a
-        reward was seen."""
-        post, _, metrics = self.update_world_model(batch)
-        if not self._gate_open:
-            self.reward_seen |= (batch["reward"] > 1e-4).any()
-        if self.gate_open():
-            start = self.imagination_starts(post)
-            metrics.update(self.stages.run("meta_controller", self._meta_step, start))
-            refresh_target(self.meta)
-        return metrics
-
-    def _meta_step(self, start: State) -> dict[str, torch.Tensor]:
-        with self.autocast():
-            return self.meta.update_step(self.wm.rssm, start, self.imag_horizon, self.wm.reward_head)
 
     def update_offline(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One offline pre-training step (docs/algorithm.md §10.2): world model, VQ, skill AC; no
@@ -194,26 +110,8 @@ class ChoreoAgent(WorldModelAgent):
         metrics.update(self.update_skill_behaviour(start))
         return metrics
 
-    # Each part is a stage: its tensor work (recorded as a CUDA graph where enabled), then the
-    # host-side work that depends on update counts, run eagerly.
-    def update_lbs(self, post: State, kl: torch.Tensor) -> dict[str, torch.Tensor]:
-        return dict(self.stages.run("lbs", self._lbs_step, post, kl))
-
-    def _lbs_step(self, post: State, kl: torch.Tensor) -> dict[str, torch.Tensor]:
-        with self.autocast():
-            return self.lbs.update(self.wm.rssm.feat(post).detach(), kl)
-
     def update_exploration(self, start: State) -> dict[str, torch.Tensor]:
-        metrics = dict(self.stages.run("exploration", self._exploration_step, start))
-        refresh_target(self.expl_ac)
-        return metrics
-
-    def _exploration_step(self, start: State) -> dict[str, torch.Tensor]:
-        with self.autocast():
-            return self.expl_ac.update_step(self.wm.rssm, start, self.imag_horizon, self.lbs_reward)
-
-    def lbs_reward(self, _states: State, feat: torch.Tensor, _actions: torch.Tensor | None = None) -> torch.Tensor:
-        return over_rows(self.lbs, feat, self.low_memory)
+        return self.update_behaviour("exploration", self.expl_ac, start, self.lbs_reward)
 
     def update_skill_module(self, start: State) -> dict[str, torch.Tensor]:
         metrics = self.stages.run("skill_module", self._skill_module_step, start["deter"])
@@ -222,19 +120,3 @@ class ChoreoAgent(WorldModelAgent):
     def _skill_module_step(self, deter: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast():
             return self.skill_module.update_step(deter)
-
-    def update_skill_behaviour(self, start: State) -> dict[str, torch.Tensor]:
-        metrics = dict(self.stages.run("skill_behaviour", self._skill_behaviour_step, start))
-        refresh_target(self.skill_ac)
-        return metrics
-
-    def _skill_behaviour_step(self, start: State) -> dict[str, torch.Tensor]:
-        skill = self.random_skills(start["deter"].shape[0])
-        with self.autocast():
-            return self.skill_ac.update_step(self.wm.rssm, start, self.imag_horizon, self.skill_reward(skill),
-                                             cond=skill)
-
-    # --------------------------------------------------------------------------------- snapshots
-    def load_snapshot_state(self, state: dict) -> None:
-        super().load_snapshot_state(state)
-        self._gate_open = False

@@ -1,7 +1,8 @@
-"""Exploration signals (docs/algorithm.md §6, §7.5).
+"""Exploration signals (docs/algorithm.md §6, §7.5), each written once for every agent that uses it.
 
 * ``LBSHead``: predicts the per-step latent Bayesian surprise KL(post || prior) from the model
-  feature; its prediction on imagined states is the exploration reward.
+  feature; its prediction on imagined states is the exploration reward. ``LBSExploration`` wires it
+  into an agent (Choreographer's exploration, the LBS baseline): the head, its update stage, its reward.
 * ``particle_entropy_reward``: the APT-style k-nearest-neighbour entropy reward over imagined
   deterministic states, computed in row chunks so memory stays bounded (docs/decisions.md D5).
   ``fused=True`` (the fast mode) gets each chunk of distances from one matrix product and keeps
@@ -14,6 +15,8 @@ from torch import nn
 
 from models.mlp import MSEHead
 from models.optim import Optimizer, trainable
+from models.recompute import over_rows
+from models.rssm import State
 
 
 class LBSHead(nn.Module):
@@ -30,6 +33,35 @@ class LBSHead(nn.Module):
         with trainable(self.head):
             loss = -self.head(feat.detach()).log_prob(kl.detach().unsqueeze(-1)).mean()
             return self.opt(loss)
+
+
+class LBSExploration:
+    """Mixin for a ``WorldModelAgent``: the LBS head ``lbs`` (the reward head's sizes, ``model_opt``
+    settings), trained on the world model's per-step KL as the stage ``lbs``; ``lbs_reward`` of imagined
+    features is its prediction, differentiable in them (the actor's dynamics gradient flows through it)."""
+
+    def build_lbs(self) -> None:
+        head = self.reward_head_cfg
+        self.lbs = LBSHead(self.feat_dim, head["layers"], head["units"], head["norm"], self.model_opt_cfg)
+
+    def update_lbs(self, post: State, kl: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(self.stages.run("lbs", self._lbs_step, post, kl))
+
+    def _lbs_step(self, post: State, kl: torch.Tensor) -> dict[str, torch.Tensor]:
+        with self.autocast():
+            return self.lbs.update(self.wm.rssm.feat(post).detach(), kl)
+
+    def lbs_reward(self, _states: State, feat: torch.Tensor, _actions: torch.Tensor | None = None) -> torch.Tensor:
+        return over_rows(self.lbs, feat, self.low_memory)
+
+
+def imagined_particle_entropy(points: torch.Tensor, k: int, clip: float, chunk_elements: int,
+                              fused: bool) -> torch.Tensor:
+    """``particle_entropy_reward`` of imagined points (..., D) (every step and start pooled), detached,
+    in their shape (...) and dtype: the entropy reward of APT, Choreographer's skill reward and APS."""
+    entropy = particle_entropy_reward(points.reshape(-1, points.shape[-1]).detach(), k, clip, chunk_elements,
+                                      fused=fused)
+    return entropy.reshape(points.shape[:-1]).to(points.dtype)
 
 
 @torch.no_grad()

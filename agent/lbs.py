@@ -10,33 +10,27 @@ from __future__ import annotations
 
 import torch
 
-from agent.exploration import LBSHead
+from agent.exploration import LBSExploration
 from agent.explorer import ExplorationAgent
 from models.optim import Optimizer
-from models.recompute import over_rows
 from models.rssm import State
 
 
-class LBSAgent(ExplorationAgent):
+class LBSAgent(LBSExploration, ExplorationAgent):
     intrinsic_parts = ("lbs",)
 
     def __init__(self, obs_shape: tuple[int, ...], action_dim: int, **settings):
         super().__init__(obs_shape, action_dim, **settings)
-        head = self.reward_head_cfg
-        self.lbs = LBSHead(self.feat_dim, head["layers"], head["units"], head["norm"], self.model_opt_cfg)
+        self.build_lbs()
         self.ready()
 
     def intrinsic_optimizers(self) -> dict[str, Optimizer]:
         return {"lbs": self.lbs.opt}
 
-    def intrinsic_reward(self, _states: State, feat: torch.Tensor, _actions: torch.Tensor | None = None
+    def intrinsic_reward(self, states: State, feat: torch.Tensor, actions: torch.Tensor | None = None
                          ) -> torch.Tensor:
-        return over_rows(self.lbs, feat, self.low_memory)
+        return self.lbs_reward(states, feat, actions)
 
     def update_intrinsic(self, post: State, kl: torch.Tensor, _batch: dict[str, torch.Tensor]
                          ) -> dict[str, torch.Tensor]:
-        return dict(self.stages.run("lbs", self._lbs_step, post, kl))
-
-    def _lbs_step(self, post: State, kl: torch.Tensor) -> dict[str, torch.Tensor]:
-        with self.autocast():
-            return self.lbs.update(self.wm.rssm.feat(post).detach(), kl)
+        return self.update_lbs(post, kl)

@@ -5,10 +5,10 @@
 1. the ground truth: the batch's frames, unchanged;
 2. the open-loop prediction: posterior reconstructions for the first ``context`` steps, then the
    prior rolled forward with the replayed actions (``rssm.imagine_actions``), decoded;
-3. (agents with skills) the skill reconstruction: the same posterior reconstructions for ``context`` steps, then each
-   imagined deterministic state passed through the VQ encoder, snapped to its nearest code and
-   decoded by the VQ decoder; stoch is sampled from the prior head given that deter, and the
-   resulting feature is decoded.
+3. (agents whose ``skill_reconstruction`` gives one: Choreographer) the skill reconstruction: the
+   same posterior reconstructions for ``context`` steps, then each imagined deterministic state
+   passed through the VQ encoder, snapped to its nearest code and decoded by the VQ decoder; stoch
+   is sampled from the prior head given that deter, and the resulting feature is decoded.
 
 and whose N columns are the first N sequences of the batch. Pixels only.
 """
@@ -18,8 +18,6 @@ import numpy as np
 import torch
 
 from agent.world_model import preprocess_obs
-from models.distributions import OneHotCategorical
-from models.rssm import State
 
 VIDEO_FPS = 15
 
@@ -47,9 +45,9 @@ def openloop_video(agent, batch: dict[str, torch.Tensor], context: int = 5, sequ
         last = {key: value[:, -1] for key, value in post.items()}
         prior = rssm.imagine_actions(action[:, context:], last)
         openloop = wm.decoder(rssm.feat(prior)).mode()
-        # Agents without skills (the baselines) have no skill row.
-        has_skills = hasattr(agent, "skill_module")
-        skill = wm.decoder(rssm.feat(skill_states(agent, prior["deter"]))).mode() if has_skills else None
+        # Agents without a skill bottleneck (the baselines, DIAYN, APS) have no skill row.
+        rebuilt = agent.skill_reconstruction(prior["deter"])
+        skill = wm.decoder(rssm.feat(rebuilt)).mode() if rebuilt is not None else None
 
     model = torch.cat([recon, openloop], 1)
     rows = [truth, _to_uint8(model)]  # each (N, T, 3, H, W)
@@ -58,21 +56,6 @@ def openloop_video(agent, batch: dict[str, torch.Tensor], context: int = 5, sequ
     video = torch.cat(rows, 3)  # (N, T, 3, rows x H, W)
     video = torch.cat(video.unbind(0), 3)  # (T, 3, rows x H, N*W)
     return video.cpu().numpy()
-
-
-def skill_states(agent, deter: torch.Tensor) -> State:
-    """Latent states whose deter is ``deter`` (..., D) reconstructed through the skill module's
-    VQ bottleneck and whose stoch is a sample of the prior head given that deter."""
-    module, rssm = agent.skill_module, agent.wm.rssm
-    lead = deter.shape[:-1]
-    flat = deter.reshape(-1, deter.shape[-1])
-    z_e = module.encoder(flat).mean.float()
-    z_q = module.codebook.t()[module.nearest_code(z_e)]
-    rec = module.decoder(z_q.to(module.codebook.dtype)).mean.to(flat.dtype)
-    logit = rssm.prior_out(rec).reshape(-1, rssm.stoch, rssm.discrete)
-    stoch = OneHotCategorical(logit.float()).sample().to(rec.dtype)
-    return {"logit": logit.reshape(*lead, rssm.stoch, rssm.discrete),
-            "stoch": stoch.reshape(*lead, rssm.stoch, rssm.discrete), "deter": rec.reshape(*lead, -1)}
 
 
 def _to_uint8(image: torch.Tensor) -> torch.Tensor:

@@ -253,7 +253,7 @@ CASES = [
     case("command", "unknown configs", ["configs=nonexistent names no file configs/configs/nonexistent.yaml",
                                         "valid: dmc_pixels, dmc_states"], overrides=["configs=nonexistent"]),
     case("command", "unknown agent", ["agent=nonexistent names no file configs/agent/nonexistent.yaml",
-                                      "valid: apt, choreo, dreamer"], overrides=["agent=nonexistent"]),
+                                      "valid: aps, apt, choreo, diayn, dreamer"], overrides=["agent=nonexistent"]),
     case("command", "unknown preset", ["preset=huge names no file configs/preset/huge.yaml", "valid: cpu, full"],
          overrides=["preset=huge"]),
     case("command", "word for a number", ["model_opt.lr='fast' must be a number", "its default: 0.0003"],

@@ -24,7 +24,8 @@ OBS_DIM, ACTION_DIM = 24, 6
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 # TINY without the keys of choreo's yaml, which the other agents do not take.
 BASE = [o for o in TINY if not o.startswith("agent.")]
-AGENT_EXTRA = {"apt": ["agent.knn_k=5"]}
+AGENT_EXTRA = {"apt": ["agent.knn_k=5"], "diayn": ["agent.skill_dim=4"],
+               "aps": ["agent.skill_dim=4", "agent.knn_k=5"]}
 EXPLORERS = ["lbs", "plan2explore", "apt", "icm", "rnd"]
 # The attribute holding each explorer's intrinsic model (also its optimiser's name), its parameter
 # groups and its loss metric.

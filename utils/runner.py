@@ -411,7 +411,7 @@ class OnlineRunner:
         if threshold is not None and (self.eval_env.goal_task or eval_goals):
             metrics["success_rate"] = float(np.mean([r > threshold for r in returns]))
         goal_skill = cfg.goal_skill
-        picks_skills = hasattr(agent, "skill_for_goal")  # agents with skills: the goal-conditioned mode
+        picks_skills = agent.has_skills  # agents with skills: the goal-conditioned mode
         if eval_goals and goal_skill and goal_skill != "none" and threshold is not None and picks_skills:
             goal_returns = [self.run_eval_episode(task_id, None, False, [0], self.goal_skill_picker(goal_skill))[0]
                             for task_id in goal_ids]
