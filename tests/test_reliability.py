@@ -19,8 +19,10 @@ from utils.errors import UserError
 from utils.runner import OnlineRunner, TrainingDiverged, check_finite
 from utils.snapshot import SnapshotError, load_snapshot, save_snapshot
 
+# threads=1: a thread count that follows the runs alive on the machine (threads=auto) could differ
+# between the two runs compared, and with it the rounding of every matrix product.
 RUN = ["configs=dmc_states", "num_train_frames=3000", "num_seed_frames=1000", "log_every_frames=100",
-       "checkpoint_every_min=0", "snapshots=[]", "seed=3"]
+       "checkpoint_every_min=0", "snapshots=[]", "seed=3", "threads=1"]
 
 
 def pretrain_command(run_dir, *extra):
@@ -139,6 +141,64 @@ def test_a_stop_signal_checkpoints_mid_episode_and_the_rerun_matches_an_uninterr
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"at frame {saved['global_step']} " in rerun.stdout and "mid-episode" in rerun.stdout, rerun.stdout
     assert_same_run(straight, run_dir)
+
+
+FINETUNE = ["configs=dmc_states", "task=walker_stand", "snapshot_ts=0", "num_train_frames=3000",
+            "num_seed_frames=1000", "eval_every_frames=1000", "num_eval_episodes=1", "log_every_frames=100",
+            "checkpoint_every_min=0", "seed=3", "threads=1"]
+OFFLINE = ["configs=dmc_states", "domain=walker", "num_train_updates=300", "log_every_updates=10",
+           "eval_every_updates=100", "snapshots=[]", "checkpoint_every_min=0", "seed=3", "holdout_fraction=0.34",
+           "threads=1"]
+
+
+def script_command(script, run_dir, *extra):
+    return [sys.executable, str(REPO / script), *TINY, *extra, f"hydra.run.dir={run_dir}"]
+
+
+def assert_same_weights_and_rows(straight, other, csvs=("train.csv", "eval.csv")):
+    final_straight = load_snapshot(straight / "checkpoint.pt")
+    final_other = load_snapshot(other / "checkpoint.pt")
+    assert final_straight["global_step"] == final_other["global_step"]
+    assert final_straight["updates"] == final_other["updates"]
+    for key, value in final_straight["agent"]["modules"].items():
+        if torch.is_tensor(value):
+            assert torch.equal(value, final_other["agent"]["modules"][key]), key
+    for name in csvs:
+        assert csv_rows(straight / name) == csv_rows(other / name), name
+
+
+def test_sigterm_on_a_fine_tuning_run_then_the_rerun_matches_an_uninterrupted_one(tmp_path):
+    straight = tmp_path / "straight"
+    done = subprocess.run(script_command("finetune.py", straight, *FINETUNE), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stopped = tmp_path / "stopped"
+    process, stderr = stop_with([signal.SIGTERM], script_command("finetune.py", stopped, *FINETUNE), tmp_path)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert load_snapshot(stopped / "checkpoint.pt")["episode_in_progress"] is not None
+    rerun = subprocess.run(script_command("finetune.py", stopped, *FINETUNE), cwd=tmp_path, capture_output=True,
+                           text=True, timeout=900)
+    assert rerun.returncode == 0 and "mid-episode" in rerun.stdout, rerun.stderr[-2000:]
+    assert_same_weights_and_rows(straight, stopped)
+
+
+def test_sigterm_on_an_offline_run_then_the_rerun_matches_an_uninterrupted_one(tmp_path, straight):
+    dataset = [f"dataset_dir={straight / 'buffer'}"]
+    reference = tmp_path / "straight"
+    done = subprocess.run(script_command("offline_train.py", reference, *OFFLINE, *dataset), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stopped = tmp_path / "stopped"
+    process, stderr = stop_with([signal.SIGTERM], script_command("offline_train.py", stopped, *OFFLINE, *dataset),
+                                tmp_path, after="| train | F: 1000", delay=0.3)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("stopped by SIGTERM at update ") and "rerun the same command" in last, stderr
+    assert 100 <= load_snapshot(stopped / "checkpoint.pt")["updates"] < 300
+    rerun = subprocess.run(script_command("offline_train.py", stopped, *OFFLINE, *dataset), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0 and "resumed from" in rerun.stdout, rerun.stderr[-2000:]
+    assert_same_weights_and_rows(reference, stopped)
 
 
 def test_a_second_ctrl_c_stops_at_once():
