@@ -106,7 +106,7 @@ def test_unknown_mode_is_refused():
     cfg = compose_config(TINY + ["mode=quick"])
     with pytest.raises(UserError, match="mode='quick' is not supported; valid: fast, eager"):
         build_agent(cfg, (24,), 6, torch.device("cpu"))
-    from utils.runner import check_config
+    from utils.settings import check_config
     with pytest.raises(UserError, match="mode='quick' is not supported; valid: fast, eager"):
         check_config(cfg)
 

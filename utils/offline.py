@@ -19,19 +19,13 @@ from omegaconf import DictConfig
 
 import envs
 from utils import exorl
-from utils.device import resolve_device
 from utils.errors import UserError
-from utils.logger import Logger
 from utils.progress import Progress
 from utils.replay import EpisodeReplay
 from utils.checkpoint import open_checkpoint, set_aside_unfinished_run, set_global_rng_state, write_checkpoint
 from utils.agents import build_agent, load_agent_state, plain, prefetch_batches
 from utils.runner import check_finite
-from utils.settings import check_offline_config, check_settings  # noqa: F401 (check_offline_config: callers import it here)
-from utils.seeding import seed_everything
-from utils.snapshot import check_snapshot_owner, save_snapshot
-from utils.summary import print_summary
-from utils.threads import ThreadShare
+from utils.run_loop import RunLoop
 
 EVAL_KEYS = ("model_loss", "observation_loss", "kl_loss", "reward_loss", "model_kl")
 
@@ -57,17 +51,9 @@ def make_replay(episodes: list[dict[str, np.ndarray]], batch_size: int, batch_le
     return replay
 
 
-class OfflineRunner:
+class OfflineRunner(RunLoop):
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
-        check_settings(cfg, "offline")
-        self.cfg = cfg
-        self.run_dir = Path(run_dir)
-        try:
-            self.device = resolve_device(cfg.device)
-        except ValueError as error:
-            raise UserError(str(error)) from error
-        self.threads = ThreadShare(cfg.threads, cfg.concurrent_runs)
-        seed_everything(cfg.seed)
+        super().__init__(cfg, run_dir, "offline")
         self.task = cfg.task or envs.primal_task(cfg.domain)
         # A states env at the dataset's own step (action repeat 1), ExORL's Jaco variant: it gives
         # the specs, checks the files' shapes, relabels rewards and renders pixels.
@@ -107,22 +93,10 @@ class OfflineRunner:
         self.snapshot_dir = Path(hydra.utils.to_absolute_path(cfg.snapshot_base_dir)) / cfg.dataset \
             / cfg.collection_method / cfg.domain / cfg.agent.name / str(cfg.seed)
         self.updates = 0
-        self.elapsed_before = 0.0
-        self.start_time = self.last_checkpoint = time.time()
         set_aside_unfinished_run(self.run_dir, cfg.resume)
-        # Set by utils.lifecycle: the stop signals the loop reads after every update.
-        self.stop = self.status = None
-        self.checkpointed_at = None
         resumed = self.maybe_resume()
-        for updates in cfg.snapshots:
-            if int(updates) > self.updates:
-                check_snapshot_owner(self.snapshot_path(int(updates)), self.run_dir, cfg.overwrite_snapshots)
-        wandb_kwargs = dict(project=f"{cfg.project_name}_offline", group=cfg.agent.name, config=plain(cfg),
-                            name=f"{cfg.experiment}_{cfg.agent.name}_{cfg.domain}_{cfg.obs_type}_{cfg.seed}")
-        if resumed and resumed.get("wandb_id"):
-            wandb_kwargs.update(id=resumed["wandb_id"], resume="allow")
-        self.logger = Logger(self.run_dir, cfg.use_tb, cfg.use_wandb, wandb_kwargs,
-                             resume_frame=self.frame if resumed else None)
+        self.check_snapshot_targets(int(count) for count in cfg.snapshots)
+        self.logger = self.open_logger(cfg.domain, resumed)
 
     def _replay(self, episodes: list[dict[str, np.ndarray]], seed: int, prefetch: bool = False) -> EpisodeReplay:
         return make_replay(episodes, self.cfg.batch_size, self.cfg.batch_length, seed, self.device, prefetch)
@@ -131,8 +105,9 @@ class OfflineRunner:
     def frame(self) -> int:
         return self.updates * self.cfg.train_every_actions
 
-    def total_time(self) -> float:
-        return self.elapsed_before + time.time() - self.start_time
+    @property
+    def done_count(self) -> int:
+        return self.updates
 
     # ------------------------------------------------------------------------------------ resuming
     def maybe_resume(self) -> dict | None:
@@ -156,14 +131,12 @@ class OfflineRunner:
         payload = self.snapshot_payload()
         payload["replay_rng"] = self.replay.rng_state()
         write_checkpoint(self.run_dir, payload, "offline", self.total_time(), self.logger.wandb)
-        self.last_checkpoint = time.time()
-        self.checkpointed_at = self.updates
+        self.checkpoint_written()
 
     # ---------------------------------------------------------------------------------------- loop
     def train(self) -> None:
         cfg, agent = self.cfg, self.agent
         self.threads.register()
-        checkpoint_every_s = 60 * cfg.checkpoint_every_min
         pending = sorted({int(s) for s in cfg.snapshots if int(s) > self.updates})
         beyond = [s for s in pending if s > cfg.num_train_updates]
         if beyond:
@@ -172,14 +145,13 @@ class OfflineRunner:
             self.evaluate()
         last_dump = time.time()
         show = cfg.progress
-        progress = Progress(cfg.num_train_updates, unit="update", desc="offline", initial=self.updates,
-                            enabled=None if show == "auto" else bool(show), every_s=cfg.progress_every_s)
-        self.logger.echo = progress.write
-        written = []
+        self.progress = Progress(cfg.num_train_updates, unit="update", desc="offline", initial=self.updates,
+                                 enabled=None if show == "auto" else bool(show), every_s=cfg.progress_every_s)
+        self.logger.echo = self.progress.write
         while self.updates < cfg.num_train_updates:
             metrics = agent.update_offline(self.replay.sample())
             self.updates += 1
-            progress.update(1, updates=self.updates)
+            self.progress.update(1, updates=self.updates)
             check_finite(metrics, self.updates, self.frame)
             if self.updates % cfg.log_every_updates == 0:
                 elapsed, last_dump = time.time() - last_dump, time.time()
@@ -190,34 +162,18 @@ class OfflineRunner:
                 }, self.frame, "train")
                 self.logger.dump(self.frame, "train")
                 self.threads.rebalance()
-                if self.status is not None:
-                    self.status.progress(self.updates, self.total_time())
+                self.report_progress()
             if self.eval_replay is not None and self.updates % cfg.eval_every_updates == 0:
                 self.evaluate()
             snapshot_written = False
             while pending and self.updates >= pending[0]:
-                written.append(self.save_snapshot(pending.pop(0)))
+                self.snapshots_written.append(self.save_snapshot(pending.pop(0)))
                 snapshot_written = True
-            if snapshot_written or time.time() - self.last_checkpoint >= checkpoint_every_s:
+            if snapshot_written or self.checkpoint_due():
                 self.save_checkpoint()
-            if self.stop is not None and self.stop.requested:
-                if self.checkpointed_at != self.updates:
-                    self.save_checkpoint()
-                if self.status is not None:
-                    self.status.progress(self.updates, self.total_time(), force=True)
-                progress.close()
-                self.logger.close()
-                self.threads.close()
-                raise self.stop.stop_line(self.run_dir, f"update {self.updates}")
+            self.stop_if_asked(f"update {self.updates}")
         # A finished run re-launched in the same folder resumes here and stops at once.
-        self.save_checkpoint()
-        if self.status is not None:
-            self.status.progress(self.updates, self.total_time(), force=True)
-        progress.close()
-        self.logger.close()
-        self.threads.close()
-        print_summary(self.run_dir, f"{self.updates} updates", self.total_time(), written, cfg.use_tb,
-                      self.threads.describe())
+        self.finish(f"{self.updates} updates")
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -252,6 +208,4 @@ class OfflineRunner:
         return self.snapshot_dir / f"snapshot_{updates}.pt"
 
     def save_snapshot(self, updates: int) -> Path:
-        path = self.snapshot_path(updates)
-        check_snapshot_owner(path, self.run_dir, self.cfg.overwrite_snapshots)
-        return save_snapshot(self.snapshot_payload(), path)
+        return self.save_snapshot_file(self.snapshot_payload(), updates)

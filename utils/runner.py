@@ -18,17 +18,13 @@ from omegaconf import DictConfig
 import envs
 from agent.report import log_openloop_video
 from utils.agents import agent_class, build_agent, load_agent_state, plain, prefetch_batches
-from utils.device import resolve_device
 from utils.errors import TrainingDiverged, UserError
-from utils.logger import Logger
 from utils.progress import Progress
 from utils.replay import EpisodeReplay
-from utils.seeding import seed_everything
 from utils.checkpoint import open_checkpoint, set_aside_unfinished_run, set_global_rng_state, write_checkpoint
-from utils.settings import check_config, check_settings, resolve_task  # noqa: F401 (check_config: callers import it here)
-from utils.snapshot import check_snapshot_owner, load_snapshot, save_snapshot
-from utils.summary import print_summary
-from utils.threads import ThreadShare
+from utils.run_loop import RunLoop
+from utils.settings import resolve_task
+from utils.snapshot import load_snapshot, save_snapshot
 from utils.video import VideoRecorder
 
 
@@ -100,17 +96,11 @@ def check_finite(metrics: dict, step: int, frame: int) -> None:
                                f"the last good checkpoint and snapshots are kept")
 
 
-class OnlineRunner:
+class OnlineRunner(RunLoop):
     """Environment loop for pre-training (``phase='pretrain'``) and fine-tuning (``'finetune'``)."""
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path, phase: str = "pretrain"):
-        check_settings(cfg, phase)
-        self.cfg = cfg
-        self.phase = phase
-        self.run_dir = Path(run_dir)
-        self.device = resolve_device(cfg.device)
-        self.threads = ThreadShare(cfg.threads, cfg.concurrent_runs)
-        seed_everything(cfg.seed)
+        super().__init__(cfg, run_dir, phase)
         self.task = resolve_task(cfg)
         self.domain = envs.domain_of(self.task)
         exorl = phase == "finetune" and cfg.from_offline and cfg.dataset == "exorl"
@@ -134,25 +124,11 @@ class OnlineRunner:
         self.snapshot_dir = Path(hydra.utils.to_absolute_path(cfg.snapshot_base_dir)) / cfg.obs_type / self.domain \
             / cfg.agent.name / str(cfg.seed)
         self.step = self.episode = self.updates = self.eval_resets = 0
-        self.snapshots_written: list[Path] = []
-        self.checkpointed_at = None
         self.log_due = False
-        self.elapsed_before = 0.0
-        self.start_time = time.time()
-        self.last_checkpoint = time.time()
-        # Set by utils.lifecycle: the stop signals the loop reads after every step.
-        self.stop = self.status = None
         self.episode_in_progress, self.pending_metrics = None, {}
         resumed = self.maybe_resume()
-        for frame in self.snapshot_frames():
-            if frame > self.frame:
-                check_snapshot_owner(self.snapshot_path(frame), self.run_dir, cfg.overwrite_snapshots)
-        wandb_kwargs = dict(project=f"{cfg.project_name}_{phase}", group=cfg.agent.name, config=plain(cfg),
-                            name=f"{cfg.experiment}_{cfg.agent.name}_{self.task}_{cfg.obs_type}_{cfg.seed}")
-        if resumed and resumed.get("wandb_id"):
-            wandb_kwargs.update(id=resumed["wandb_id"], resume="allow")
-        self.logger = Logger(self.run_dir, cfg.use_tb, cfg.use_wandb, wandb_kwargs,
-                             resume_frame=self.frame if resumed else None)
+        self.check_snapshot_targets(self.snapshot_frames())
+        self.logger = self.open_logger(self.task, resumed)
         show = cfg.progress
         self.progress = Progress(cfg.num_train_frames, unit="frame", desc=phase, initial=self.frame,
                                  enabled=None if show == "auto" else bool(show), every_s=cfg.progress_every_s)
@@ -163,8 +139,9 @@ class OnlineRunner:
     def frame(self) -> int:
         return self.step * self.cfg.action_repeat
 
-    def total_time(self) -> float:
-        return self.elapsed_before + time.time() - self.start_time
+    @property
+    def done_count(self) -> int:
+        return self.frame
 
     # ------------------------------------------------------------------------------------ resuming
     def maybe_resume(self) -> dict | None:
@@ -203,8 +180,7 @@ class OnlineRunner:
                        eval_resets=self.eval_resets, log_due=self.log_due, episode_in_progress=episode,
                        pending_metrics=self.logger.pending("train"))
         write_checkpoint(self.run_dir, payload, self.phase, self.total_time(), self.logger.wandb)
-        self.last_checkpoint = time.time()
-        self.checkpointed_at = self.step
+        self.checkpoint_written()
 
     def episode_state(self, state, meta: np.ndarray, episode_reward: float, episode_step: int,
                       snapshot_written: bool) -> dict:
@@ -253,7 +229,6 @@ class OnlineRunner:
         eval_every = max(1, int(cfg.eval_every_frames) // repeat)
         log_every = max(1, cfg.log_every_frames // repeat)
         recon_every = max(1, int(cfg.recon_every_frames) // repeat)
-        checkpoint_every_s = 60 * cfg.checkpoint_every_min
         # The original's zero-shot recipe (num_train_frames < 1000) evaluates once at step 0.
         eval_at_start = self.phase == "finetune" and cfg.num_train_frames < 1000
         pending = [s for s in self.snapshot_frames() if s > self.frame]
@@ -323,35 +298,18 @@ class OnlineRunner:
                 }, self.frame, "train")
                 self.logger.dump(self.frame, "train")
                 self.threads.rebalance()
-                if self.status is not None:
-                    self.status.progress(self.frame, self.total_time())
-                if snapshot_written or time.time() - self.last_checkpoint >= checkpoint_every_s:
+                self.report_progress()
+                if snapshot_written or self.checkpoint_due():
                     self.save_checkpoint()
                     snapshot_written = False
-            if self.stop is not None and self.stop.requested:
-                unfinished = None if time_step["is_last"] else \
-                    self.episode_state(state, meta, episode_reward, episode_step, snapshot_written)
-                if self.checkpointed_at != self.step:
-                    self.save_checkpoint(unfinished)
-                if self.status is not None:
-                    self.status.progress(self.frame, self.total_time(), force=True)
-                self.progress.close()
-                self.logger.close()
-                self.threads.close()
-                raise self.stop.stop_line(self.run_dir, f"frame {self.frame}")
+            if not time_step["is_last"] and self.stop is not None and self.stop.requested:
+                unfinished = self.episode_state(state, meta, episode_reward, episode_step, snapshot_written)
+                self.stop_if_asked(f"frame {self.frame}", lambda: self.save_checkpoint(unfinished))
+            self.stop_if_asked(f"frame {self.frame}")
         if self.phase == "finetune" and cfg.save_ft_model:
             self.snapshots_written.append(save_snapshot(self.snapshot_payload(), self.run_dir / "finetuned_snapshot.pt"))
         # A finished run re-launched in the same folder resumes here and stops at once.
-        if self.checkpointed_at != self.step:
-            self.save_checkpoint()
-        if self.status is not None:
-            self.status.progress(self.frame, self.total_time(), force=True)
-        self.progress.close()
-        self.logger.close()
-        self.threads.close()
-        print_summary(self.run_dir, f"{self.frame} frames, {self.episode} episodes, {self.updates} updates",
-                      self.total_time(), self.snapshots_written, cfg.use_tb,
-                      self.threads.describe())
+        self.finish(f"{self.frame} frames, {self.episode} episodes, {self.updates} updates")
 
     # ---------------------------------------------------------------------------------- evaluation
     def eval_episodes(self) -> list[int | None]:
@@ -443,6 +401,4 @@ class OnlineRunner:
         return self.snapshot_dir / f"snapshot_{frame}.pt"
 
     def save_snapshot(self, frame: int) -> Path:
-        path = self.snapshot_path(frame)
-        check_snapshot_owner(path, self.run_dir, self.cfg.overwrite_snapshots)
-        return save_snapshot(self.snapshot_payload(), path)
+        return self.save_snapshot_file(self.snapshot_payload(), frame)
