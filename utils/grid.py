@@ -9,7 +9,6 @@ folder (``status.json``, written by every run: utils/lifecycle.py) and its lock.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from utils.atomic import atomic_write
 from utils.errors import UserError
-from utils.grid import Cell, cell_state, cells, command, log_path, run_dir
+from utils.grid import Cell, cell_state, cells, command, log_path
 
 
 def todo(grid: DictConfig, out: Path) -> list[Cell]:
