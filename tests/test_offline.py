@@ -20,9 +20,9 @@ from utils.snapshot import save_snapshot
 CONSOLE_TRAIN = re.compile(
     r"^\| train \| F: \d+ \| S: \d+ \| E: \d+ \| L: \d+ \| R: -?\d+\.\d{4} \| FPS: \d+\.\d{4} \| T: \d+:\d\d:\d\d$")
 CONSOLE_EVAL = re.compile(r"^\| eval \| F: \d+ \| S: \d+ \| E: \d+ \| L: \d+ \| R: -?\d+\.\d{4} \| T: \d+:\d\d:\d\d$")
-# Offline lines: no episodes, so no E, L or R fields (nothing is made up for them).
-OFFLINE_TRAIN = re.compile(r"^\| train \| F: \d+ \| S: \d+ \| FPS: \d+\.\d{4} \| T: \d+:\d\d:\d\d$")
-OFFLINE_EVAL = re.compile(r"^\| eval \| F: \d+ \| S: \d+ \| T: \d+:\d\d:\d\d$")
+# Offline lines: updates only (S), no frames, episodes or returns (nothing is made up for them).
+OFFLINE_TRAIN = re.compile(r"^\| train \| S: \d+ \| T: \d+:\d\d:\d\d \| updates_per_s: \d+\.\d{4}$")
+OFFLINE_EVAL = re.compile(r"^\| eval \| S: \d+ \| T: \d+:\d\d:\d\d$")
 SEED_COMMAND = ["configs=dmc_states", "agent=choreo", "dataset=exorl", "collection_method=rnd", "domain=walker",
                 "seed=1"]
 SMALL = ["preset=cpu", "batch_size=4", "batch_length=16", "imag_starts=32", "num_train_updates=30",
@@ -82,8 +82,8 @@ def test_collect_then_offline_train_seed_command(tmp_path):
     train_lines = [line for line in result.stdout.splitlines() if line.startswith("| train")]
     eval_lines = [line for line in result.stdout.splitlines() if line.startswith("| eval")]
     assert len(train_lines) == 3 and all(OFFLINE_TRAIN.match(line) for line in train_lines), result.stdout
-    assert train_lines[0].startswith("| train | F: 100 | S: 10 | FPS: ")
-    assert train_lines[-1].startswith("| train | F: 300 | S: 30 |")
+    assert train_lines[0].startswith("| train | S: 10 | T: ")
+    assert train_lines[-1].startswith("| train | S: 30 |")
     assert len(eval_lines) == 4 and all(OFFLINE_EVAL.match(line) for line in eval_lines), result.stdout
 
     folder = tmp_path / "offline_models" / "exorl" / "rnd" / "walker" / "choreo" / "1"
@@ -102,9 +102,9 @@ def test_collect_then_offline_train_seed_command(tmp_path):
 
     run_dir = tmp_path / "run_offline_train"
     train = read_csv(run_dir / "train.csv")
-    assert [row["step"] for row in train] == ["10", "20", "30"] and [row["frame"] for row in train] == \
-        ["100", "200", "300"]
-    assert {"model_loss", "skill_actor_loss", "rec_loss", "fps"} <= set(train[0])
+    assert [row["step"] for row in train] == ["10", "20", "30"]
+    assert {"model_loss", "skill_actor_loss", "rec_loss", "updates_per_s"} <= set(train[0])
+    assert not {"frame", "fps", "episode", "episode_reward", "episode_length"} & set(train[0])
     assert "lbs_loss" not in train[0] and "actor_loss" not in train[0]  # no exploration offline
     evals = read_csv(run_dir / "eval.csv")
     assert [row["step"] for row in evals] == ["0", "10", "20", "30"]

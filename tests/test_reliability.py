@@ -29,7 +29,7 @@ def pretrain_command(run_dir, *extra):
     return [sys.executable, str(REPO / "pretrain.py"), *TINY, *RUN, *extra, f"hydra.run.dir={run_dir}"]
 
 
-def csv_rows(path, drop=("fps", "total_time")):
+def csv_rows(path, drop=("fps", "updates_per_s", "total_time")):
     with path.open() as handle:
         return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(handle)]
 
@@ -190,7 +190,7 @@ def test_sigterm_on_an_offline_run_then_the_rerun_matches_an_uninterrupted_one(t
     assert done.returncode == 0, done.stderr[-2000:]
     stopped = tmp_path / "stopped"
     process, stderr = stop_with([signal.SIGTERM], script_command("offline_train.py", stopped, *OFFLINE, *dataset),
-                                tmp_path, after="| train | F: 1000", delay=0.3)
+                                tmp_path, after="| train | S: 100 |", delay=0.3)
     assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("stopped by SIGTERM at update ") and "rerun the same command" in last, stderr

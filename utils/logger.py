@@ -25,7 +25,7 @@ CONSOLE_FIELDS = {
 }
 # Printed after the original's fields, and only when the line has them: zero-shot and Meta-World
 # evaluations report success rates, which the original's format has no field for.
-CONSOLE_EXTRAS = {"train": [], "eval": ["success_rate", "goal_success_rate"]}
+CONSOLE_EXTRAS = {"train": ["updates_per_s"], "eval": ["success_rate", "goal_success_rate"]}
 COLOURS = {"train": "33", "eval": "32"}
 
 
@@ -50,8 +50,8 @@ def format_console_line(ty: str, values: dict[str, float], colour: bool = False)
 class CSVLog:
     """A CSV file whose header widens when new columns appear (the file is rewritten atomically)."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, x_key: str = "frame"):
+        self.path, self.x_key = path, x_key
         self.columns: list[str] = []
         if path.exists():
             with path.open(newline="") as handle:
@@ -68,7 +68,7 @@ class CSVLog:
         """Keep only the rows for which ``keep(frame)`` holds (a resumed run writes the rest again)."""
         if self.path.exists():
             with self.path.open(newline="") as handle:
-                rows = [row for row in csv.DictReader(handle) if keep(float(row.get("frame") or 0))]
+                rows = [row for row in csv.DictReader(handle) if keep(float(row.get(self.x_key) or 0))]
             self._rewrite(self.columns, rows)
 
     def _widen(self, columns: list[str]) -> None:
@@ -90,16 +90,20 @@ class CSVLog:
 
 class Logger:
     def __init__(self, run_dir: str | os.PathLike, use_tb: bool = True, use_wandb: bool = False,
-                 wandb_kwargs: dict | None = None, colour: bool | None = None, resume_frame: int | None = None):
-        """``resume_frame``: the frame of the checkpoint a resumed run continues from. Train rows
-        after it and eval rows from it on are dropped, since the resumed run logs them again."""
+                 wandb_kwargs: dict | None = None, colour: bool | None = None, resume_frame: int | None = None,
+                 x_key: str = "frame"):
+        """``x_key``: the column of the x value every row is logged at (``frame`` online; ``step``,
+        the update count, offline, where there are no frames). ``resume_frame``: the x value of the
+        checkpoint a resumed run continues from. Train rows after it and eval rows from it on are
+        dropped, since the resumed run logs them again."""
         self.run_dir = Path(run_dir)
+        self.x_key = x_key
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.colour = sys.stdout.isatty() if colour is None else colour
         # Replaced by the progress bar's writer so console lines print above the bar.
         self.echo = lambda line: print(line, flush=True)
         self.meters: dict[str, dict[str, list]] = {"train": defaultdict(list), "eval": defaultdict(list)}
-        self.csv = {ty: CSVLog(self.run_dir / f"{ty}.csv") for ty in ("train", "eval")}
+        self.csv = {ty: CSVLog(self.run_dir / f"{ty}.csv", x_key) for ty in ("train", "eval")}
         if resume_frame is not None:
             self.csv["train"].truncate(lambda frame: frame <= resume_frame)
             self.csv["eval"].truncate(lambda frame: frame < resume_frame)
@@ -147,7 +151,7 @@ class Logger:
                     self.tb.add_scalar(f"{ty}/{key}", number, entry_frame)
             averages[key] = sum(entries) / count
             position += count
-        averages["frame"] = frame
+        averages[self.x_key] = frame
         row = {key.replace("/", "_"): int(value) if float(value).is_integer() else value
                for key, value in averages.items()}
         self.csv[ty].write(row)

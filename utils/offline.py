@@ -3,9 +3,10 @@
 
 ``OfflineRunner`` reads the dataset (``utils.exorl``), holds out a few episodes for validation,
 and runs ``num_train_updates`` updates of the world model, the VQ skill module and the skill
-actor-critic (no exploration), one ``batch_size x batch_length`` batch each. Counters: updates;
-the console's frame F = updates x ``train_every_actions`` (10), as the original logs them, and the
-x axis of the logs. Re-running a command on the same run folder continues from its checkpoint.
+actor-critic (no exploration), one ``batch_size x batch_length`` batch each. The one counter is
+updates: the logs' x value (the column ``step``, S on the console) and the snapshots' numbers; rows
+hold no frames, episodes or returns (there are none offline; docs/decisions.md D32). Re-running a
+command on the same run folder continues from its checkpoint.
 """
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ def make_replay(episodes: list[dict[str, np.ndarray]], batch_size: int, batch_le
 
 
 class OfflineRunner(RunLoop):
+    # Logs are by update (the column step): an offline run sees no frames and no episodes.
+    x_key = "step"
+
     def __init__(self, cfg: DictConfig, run_dir: str | Path):
         super().__init__(cfg, run_dir, "offline")
         self.task = cfg.task or envs.primal_task(cfg.domain)
@@ -102,10 +106,6 @@ class OfflineRunner(RunLoop):
         return make_replay(episodes, self.cfg.batch_size, self.cfg.batch_length, seed, self.device, prefetch)
 
     @property
-    def frame(self) -> int:
-        return self.updates * self.cfg.train_every_actions
-
-    @property
     def done_count(self) -> int:
         return self.updates
 
@@ -152,15 +152,15 @@ class OfflineRunner(RunLoop):
             metrics = agent.update_offline(self.replay.sample())
             self.updates += 1
             self.progress.update(1, updates=self.updates)
-            check_finite(metrics, self.updates, self.frame)
+            check_finite(metrics, self.updates)
             if self.updates % cfg.log_every_updates == 0:
                 elapsed, last_dump = time.time() - last_dump, time.time()
-                self.logger.log_metrics(metrics, self.frame, "train")
+                self.logger.log_metrics(metrics, self.updates, "train")
                 self.logger.log_metrics({
-                    "fps": cfg.log_every_updates * cfg.train_every_actions / max(elapsed, 1e-9),
-                    "total_time": self.total_time(), "buffer_size": len(self.replay), "step": self.updates,
-                }, self.frame, "train")
-                self.logger.dump(self.frame, "train")
+                    "updates_per_s": cfg.log_every_updates / max(elapsed, 1e-9),
+                    "total_time": self.total_time(), "buffer_size": len(self.replay),
+                }, self.updates, "train")
+                self.logger.dump(self.updates, "train")
                 self.threads.rebalance()
                 self.report_progress()
             if self.eval_replay is not None and self.updates % cfg.eval_every_updates == 0:
@@ -191,15 +191,15 @@ class OfflineRunner(RunLoop):
                 loss, _, _, metrics = self.agent.wm.loss(batch)
         metrics["model_loss"] = loss
         values = {key: metrics[key] for key in EVAL_KEYS}
-        values.update(step=self.updates, total_time=self.total_time())
-        self.logger.log_metrics(values, self.frame, "eval")
-        return self.logger.dump(self.frame, "eval")
+        values.update(total_time=self.total_time())
+        self.logger.log_metrics(values, self.updates, "eval")
+        return self.logger.dump(self.updates, "eval")
 
     # ----------------------------------------------------------------------------------- snapshots
     def snapshot_payload(self) -> dict:
         cfg = self.cfg
         return {"agent": self.agent.snapshot_state(), "updates": self.updates, "global_step": self.updates,
-                "global_episode": 0, "global_frame": self.frame, "obs_type": cfg.obs_type, "domain": cfg.domain,
+                "global_episode": 0, "obs_type": cfg.obs_type, "domain": cfg.domain,
                 "task": self.task, "action_repeat": 1, "dataset": cfg.dataset,
                 "collection_method": cfg.collection_method, "dataset_dir": str(self.dataset_dir),
                 "config": plain(cfg), "run_dir": str(self.run_dir.resolve())}

@@ -22,8 +22,9 @@ from utils.threads import ThreadShare
 
 class RunLoop:
     """A subclass sets ``self.progress`` (utils.progress.Progress) before training, and supplies
-    ``done_count`` (frames or updates, for status.json), ``frame`` (the logs' x axis),
-    ``save_checkpoint`` and ``snapshot_path``."""
+    ``done_count`` (frames or updates: status.json's progress and the logs' x value, in the column
+    ``x_key``), ``save_checkpoint`` and ``snapshot_path``."""
+    x_key = "frame"
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path, phase: str):
         check_settings(cfg, phase)
@@ -68,8 +69,8 @@ class RunLoop:
                             name=f"{cfg.experiment}_{cfg.agent.name}_{task}_{cfg.obs_type}_{cfg.seed}")
         if resumed and resumed.get("wandb_id"):
             wandb_kwargs.update(id=resumed["wandb_id"], resume="allow")
-        return Logger(self.run_dir, cfg.use_tb, cfg.use_wandb, wandb_kwargs,
-                      resume_frame=self.frame if resumed else None)
+        return Logger(self.run_dir, cfg.use_tb, cfg.use_wandb, wandb_kwargs, x_key=self.x_key,
+                      resume_frame=self.done_count if resumed else None)
 
     def check_snapshot_targets(self, counts) -> None:
         """At start-up: every snapshot still to write is absent or this run's own (never replaced silently)."""

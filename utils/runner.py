@@ -86,13 +86,14 @@ def load_pretrained(cfg: DictConfig, domain: str) -> dict:
     return payload
 
 
-def check_finite(metrics: dict, step: int, frame: int) -> None:
+def check_finite(metrics: dict, step: int, frame: int | None = None) -> None:
     """Stop on a non-finite loss instead of training on silently (one host sync per update)."""
     names = [key for key in metrics if key.endswith("_loss")]
     values = torch.stack([metrics[key].detach().float().reshape(()) for key in names]).cpu()
     if not bool(torch.isfinite(values).all()):
         bad = [f"{name}={float(value)}" for name, value in zip(names, values) if not torch.isfinite(value)]
-        raise TrainingDiverged(f"non-finite loss at step {step} (frame {frame}): {', '.join(bad)}; "
+        where = f"step {step}" + (f" (frame {frame})" if frame is not None else "")
+        raise TrainingDiverged(f"non-finite loss at {where}: {', '.join(bad)}; "
                                f"the last good checkpoint and snapshots are kept")
 
 
