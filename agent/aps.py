@@ -34,9 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from agent.actor_critic import refresh_target
 from agent.exploration import imagined_particle_entropy
-from agent.skill_agent import SkillAgent
+from agent.skill_agent import RolloutSkillAgent
 from models.mlp import MSEHead
 from models.optim import Optimizer, trainable
 from models.recompute import over_rows
@@ -60,7 +59,8 @@ class SkillFeatures(nn.Module):
             return self.opt(-(self(feat.detach()) * skill.float()).sum(-1).mean())
 
 
-class APSAgent(SkillAgent):
+class APSAgent(RolloutSkillAgent):
+    skill_model_stage = "features"
     init_from_keys = ("wm.rssm.", "wm.encoder.", "wm.decoder.", "skill_ac.actor.", "features.")
 
     def __init__(self, obs_shape: tuple[int, ...], action_dim: int, *, features: dict, sf_scale: float,
@@ -110,28 +110,8 @@ class APSAgent(SkillAgent):
         return reward
 
     # ---------------------------------------------------------------------------------- training
-    def update_pretrain(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        post, _, metrics = self.update_world_model(batch)
-        metrics.update(self.update_skill_behaviour(self.imagination_starts(post)))
-        return metrics
-
-    def update_skill_behaviour(self, start: State) -> dict[str, torch.Tensor]:
-        metrics, feat, skill = self.stages.run("skill_behaviour", self._skill_behaviour_step, start)
-        refresh_target(self.skill_ac)
-        metrics = dict(metrics)
-        metrics.update(self.stages.run("features", self._features_step, feat, skill))
-        return metrics
-
-    def _skill_behaviour_step(self, start: State):
-        skill = self.random_skills(start["deter"].shape[0])
-        with self.autocast():
-            metrics, rollout = self.skill_ac.update_step(self.wm.rssm, start, self.imag_horizon,
-                                                         self.skill_reward(skill), cond=skill, keep_rollout=True)
-        return metrics, rollout["feat"], skill
-
-    def _features_step(self, feat: torch.Tensor, skill: torch.Tensor) -> dict[str, torch.Tensor]:
-        with self.autocast():
-            return self.features.update(feat[1:], skill.expand(feat.shape[0] - 1, *skill.shape))
+    def update_skill_model(self, feat: torch.Tensor, skill: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.features.update(feat, skill)
 
     @torch.no_grad()
     def infer_task_skill(self, post: State, start: State, batch: dict[str, torch.Tensor]):

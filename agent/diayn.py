@@ -34,8 +34,7 @@ import math
 import torch
 from torch import nn
 
-from agent.actor_critic import refresh_target
-from agent.skill_agent import SkillAgent
+from agent.skill_agent import RolloutSkillAgent
 from models.mlp import MSEHead
 from models.optim import Optimizer, trainable
 from models.recompute import over_rows
@@ -65,7 +64,8 @@ class Discriminator(nn.Module):
         return metrics
 
 
-class DIAYNAgent(SkillAgent):
+class DIAYNAgent(RolloutSkillAgent):
+    skill_model_stage = "discriminator"
     init_from_keys = ("wm.rssm.", "wm.encoder.", "wm.decoder.", "skill_ac.actor.", "discriminator.")
 
     def __init__(self, obs_shape: tuple[int, ...], action_dim: int, *, discriminator: dict, diayn_scale: float,
@@ -101,29 +101,8 @@ class DIAYNAgent(SkillAgent):
         return reward
 
     # ---------------------------------------------------------------------------------- training
-    def update_pretrain(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """World model, skill actor-critic, discriminator on the skill rollout."""
-        post, _, metrics = self.update_world_model(batch)
-        metrics.update(self.update_skill_behaviour(self.imagination_starts(post)))
-        return metrics
-
-    def update_skill_behaviour(self, start: State) -> dict[str, torch.Tensor]:
-        metrics, feat, skill = self.stages.run("skill_behaviour", self._skill_behaviour_step, start)
-        refresh_target(self.skill_ac)
-        metrics = dict(metrics)
-        metrics.update(self.stages.run("discriminator", self._discriminator_step, feat, skill))
-        return metrics
-
-    def _skill_behaviour_step(self, start: State):
-        skill = self.random_skills(start["deter"].shape[0])
-        with self.autocast():
-            metrics, rollout = self.skill_ac.update_step(self.wm.rssm, start, self.imag_horizon,
-                                                         self.skill_reward(skill), cond=skill, keep_rollout=True)
-        return metrics, rollout["feat"], skill
-
-    def _discriminator_step(self, feat: torch.Tensor, skill: torch.Tensor) -> dict[str, torch.Tensor]:
-        with self.autocast():
-            return self.discriminator.update(feat[1:], skill.expand(feat.shape[0] - 1, *skill.shape))
+    def update_skill_model(self, feat: torch.Tensor, skill: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.discriminator.update(feat, skill)
 
     @torch.no_grad()
     def infer_task_skill(self, post: State, start: State, batch: dict[str, torch.Tensor]):

@@ -278,3 +278,39 @@ class SkillAgent(WorldModelAgent):
     def load_snapshot_state(self, state: dict) -> None:
         super().load_snapshot_state(state)
         self._gate_open = False
+
+
+class RolloutSkillAgent(SkillAgent):
+    """A skill method whose skill model trains on the skill policy's own imagined rollout (DIAYN's
+    discriminator, APS's features; docs/algorithm.md §14.6-14.7): one pre-training update is the world
+    model, the skill actor-critic on random skills (its detached rollout kept), then the skill model
+    on that rollout's states after the start, as the stage ``skill_model_stage``. A subclass implements
+    ``update_skill_model(feat, skill)``."""
+    skill_model_stage = "skill_model"
+
+    def update_skill_model(self, feat: torch.Tensor, skill: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One step of the skill model on imagined features (H, N, F) and their skills (H, N, K)."""
+        raise NotImplementedError
+
+    def update_pretrain(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        post, _, metrics = self.update_world_model(batch)
+        metrics.update(self.update_skill_behaviour(self.imagination_starts(post)))
+        return metrics
+
+    def update_skill_behaviour(self, start: State) -> dict[str, torch.Tensor]:
+        metrics, feat, skill = self.stages.run("skill_behaviour", self._skill_behaviour_step, start)
+        refresh_target(self.skill_ac)
+        metrics = dict(metrics)
+        metrics.update(self.stages.run(self.skill_model_stage, self._skill_model_step, feat, skill))
+        return metrics
+
+    def _skill_behaviour_step(self, start: State):
+        skill = self.random_skills(start["deter"].shape[0])
+        with self.autocast():
+            metrics, rollout = self.skill_ac.update_step(self.wm.rssm, start, self.imag_horizon,
+                                                         self.skill_reward(skill), cond=skill, keep_rollout=True)
+        return metrics, rollout["feat"], skill
+
+    def _skill_model_step(self, feat: torch.Tensor, skill: torch.Tensor) -> dict[str, torch.Tensor]:
+        with self.autocast():
+            return self.update_skill_model(feat[1:], skill.expand(feat.shape[0] - 1, *skill.shape))
