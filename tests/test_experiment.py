@@ -145,7 +145,7 @@ def test_a_failing_cell_is_reported_and_its_fine_tunings_skipped(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("experiment.agents=[choreo,sac]", "experiment.agents: unknown agent 'sac'; valid: apt, choreo"),
+    ("experiment.agents=[choreo,sac]", "experiment.agents: unknown agent 'sac'; valid: aps, apt, choreo, diayn"),
     ("experiment.domains=[cheetah]", "experiment.domains: unknown domain 'cheetah'; valid: walker"),
     ("experiment.tasks.walker=[walker_jog]", "experiment.tasks.walker: unknown task 'walker_jog'; valid: walker_stand"),
     ("experiment=urlb", "experiment=urlb names no file configs/grid/experiment/urlb.yaml; valid: compare_cpu"),
