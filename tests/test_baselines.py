@@ -275,11 +275,14 @@ def tiny_dataset(tmp_path_factory):
     return directory
 
 
-def run_offline(tmp_path, name: str, dataset) -> set[str]:
-    run_script("offline_train.py", tmp_path, "offline", "configs=dmc_states", f"agent={name}",
-               *AGENT_EXTRA.get(name, []), "domain=walker", "dataset=ours", "collection_method=random",
-               "num_train_updates=4", "snapshots=[4]", "log_every_updates=2", "eval_every_updates=2",
-               f"dataset_dir={dataset}")
+def run_offline(tmp_path, name: str, dataset, stdout: list | None = None) -> set[str]:
+    """The logged loss names of a tiny offline run; its console output is appended to ``stdout``."""
+    result = run_script("offline_train.py", tmp_path, "offline", "configs=dmc_states", f"agent={name}",
+                        *AGENT_EXTRA.get(name, []), "domain=walker", "dataset=ours", "collection_method=random",
+                        "num_train_updates=4", "snapshots=[4]", "log_every_updates=2", "eval_every_updates=2",
+                        f"dataset_dir={dataset}")
+    if stdout is not None:
+        stdout.append(result.stdout)
     assert (tmp_path / f"offline_models/ours/random/walker/{name}/1/snapshot_4.pt").is_file()
     return losses_are_finite(tmp_path / "offline")
 
@@ -304,7 +307,9 @@ def test_scripts_pretrain_finetune_and_offline(tmp_path, tiny_dataset, name):
     payload = torch.load(tmp_path / "finetune" / "finetuned_snapshot.pt", weights_only=True)
     assert payload["agent"]["phase"] == "finetune" and payload["agent"]["name"] == name
 
-    assert {"model_loss", "actor_loss"} | INTRINSIC_LOSS[name] <= run_offline(tmp_path, name, tiny_dataset)
+    printed = []
+    assert {"model_loss", "actor_loss"} | INTRINSIC_LOSS[name] <= run_offline(tmp_path, name, tiny_dataset, printed)
+    assert "not reward-free" not in printed[0]
 
 
 def test_scripts_dreamer_from_scratch_and_offline(tmp_path, tiny_dataset):
@@ -313,7 +318,11 @@ def test_scripts_dreamer_from_scratch_and_offline(tmp_path, tiny_dataset):
                         "eval_every_frames=1000", "num_eval_episodes=1")
     assert any(line.startswith("| eval | F: 1000 |") for line in result.stdout.splitlines()), result.stdout
     assert {"model_loss", "actor_loss", "critic_loss"} <= losses_are_finite(tmp_path / "finetune")
-    assert {"model_loss", "actor_loss", "critic_loss"} <= run_offline(tmp_path, "dreamer", tiny_dataset)
+    printed = []
+    assert {"model_loss", "actor_loss", "critic_loss"} <= run_offline(tmp_path, "dreamer", tiny_dataset, printed)
+    # Offline, dreamer learns from the dataset's rewards, and its first lines say so.
+    assert ("note: agent=dreamer is not reward-free: it trains on the dataset's rewards for walker_stand "
+            "(as stored)") in printed[0].splitlines()[:3], printed[0][:1000]
 
     # From the world model of another agent's pre-training snapshot (here Choreographer's).
     choreo = make_agent("choreo", choreo=True)
