@@ -32,6 +32,8 @@ def main_body(cfg: DictConfig, argv: list[str]) -> None:
         raise UserError(f"launcher={launcher.name!r} is not valid; valid: local, slurm")
     check_grid(grid)
     if cfg.action == "status":
+        if launcher.name == "slurm" and launchers.read_jobs(out):
+            launchers.check_slurm()
         queued = launchers.slurm_state(out) if launcher.name == "slurm" and launchers.read_jobs(out) else {}
         print(status_table(out, grid, queued), end="", flush=True)
         return
@@ -41,8 +43,9 @@ def main_body(cfg: DictConfig, argv: list[str]) -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     if launcher.name == "slurm":
+        # The scoring job rebuilds the same grid with the local launcher (none of the Slurm launcher's keys).
         score_command = [sys.executable, str(Path(__file__).resolve()), *[a for a in argv if not a.startswith(
-            ("action=", "launcher="))], "action=score", "launcher=local"]
+            ("action=", "launcher=", "launcher.", "out="))], f"out={out}", "action=score", "launcher=local"]
         submitted = launchers.submit_slurm(grid, out, launcher, launcher.threads, score_command)
         print(f"grid {grid.name}: submitted {len(submitted)} cell(s)" + (f": {', '.join(submitted)}" if submitted else
               " (every cell is done or queued)") + f"; watch it with: python experiment.py {' '.join(argv)} "
@@ -66,7 +69,7 @@ def main(cfg: DictConfig) -> None:
     except GridStopped as stopped:
         print(stopped, file=sys.stderr, flush=True)
         sys.exit(stopped.exit_code)
-    except UserError as error:
+    except (UserError, OSError) as error:
         sys.exit(f"error: {error}")
 
 

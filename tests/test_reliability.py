@@ -201,6 +201,28 @@ def test_sigterm_on_an_offline_run_then_the_rerun_matches_an_uninterrupted_one(t
     assert_same_weights_and_rows(reference, stopped)
 
 
+def test_a_replay_that_differs_is_one_line_and_on_bad_file_skip_continues(tmp_path):
+    """A mid-episode checkpoint whose stored episode the environment no longer reproduces (another
+    machine, another library version; here one stored observation changed) is refused with one line
+    naming the step, or continued from the replayed environment with on_bad_file=skip."""
+    run_dir = tmp_path / "run"
+    process, stderr = stop_with([signal.SIGTERM], pretrain_command(run_dir), tmp_path)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    payload = load_snapshot(run_dir / "checkpoint.pt")
+    payload["episode_in_progress"]["rows"]["observation"][5] += 1.0
+    save_snapshot(payload, run_dir / "checkpoint.pt")
+    refused = subprocess.run(pretrain_command(run_dir), cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert refused.returncode == 1
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: the checkpoint in {run_dir} stopped mid-episode") and "from its step 5 on" in last \
+        and "on_bad_file=skip continues" in last, refused.stderr[-2000:]
+    went_on = subprocess.run(pretrain_command(run_dir, "on_bad_file=skip"), cwd=tmp_path, capture_output=True,
+                             text=True, timeout=900)
+    assert went_on.returncode == 0, went_on.stderr[-2000:]
+    assert "continuing from the replayed environment" in went_on.stdout
+    assert load_snapshot(run_dir / "checkpoint.pt")["global_step"] == 3000
+
+
 def test_a_second_ctrl_c_stops_at_once():
     """The first SIGINT only asks for a stop; the second, before the loop got to it, raises at once."""
     from utils.lifecycle import StopSignals

@@ -16,7 +16,7 @@ from slurm import in_queue, requeue, slurm_cluster, wait_until  # noqa: F401 (fi
 from test_experiment import TINY_GRID
 
 SLURM_GRID = [arg for arg in TINY_GRID if not arg.startswith("launcher.")] + [
-    "launcher=slurm", "launcher.threads=1", "experiment.pretrain.resources.mem_gb=2",
+    "launcher=slurm", "launcher.threads=1", "launcher.partition=debug", "experiment.pretrain.resources.mem_gb=2",
     "experiment.finetune.resources.mem_gb=2", "experiment.pretrain.resources.time_min=20",
     "experiment.finetune.resources.time_min=20"]
 
@@ -91,3 +91,29 @@ def test_a_requeued_job_ends_with_the_rows_of_an_uninterrupted_run(slurm_cluster
     status = json.loads((out / "runs" / "pt_choreo_walker_s1" / "status.json").read_text())
     assert status["state"] == "done" and status["done"] == 4000
     assert csv_rows(train_csv) == csv_rows(reference / "runs" / "pt_choreo_walker_s1" / "train.csv")
+
+
+def test_a_cancelled_pre_training_is_resubmitted_with_its_fine_tuning(slurm_cluster, tmp_path):
+    """scancel on a running pre-training: its fine-tuning waits on a job that will never succeed
+    (afterok). The rerun submits the pre-training again and moves the fine-tuning after the new job;
+    the grid then finishes."""
+    from slurm import job_state
+    one_chain = ["experiment.agents=[choreo]", "experiment.seeds=[1]", "experiment.pretrain.frames=4000"]
+    out = tmp_path / "grid"
+    first = experiment(out, *one_chain)
+    assert first.returncode == 0 and "submitted 2 cell(s)" in first.stdout, first.stdout + first.stderr[-2000:]
+    jobs = grid_jobs(out)
+    train_csv = out / "runs" / "pt_choreo_walker_s1" / "train.csv"
+    wait_until(lambda: train_csv.exists(), 300, "the pre-training to log its first episode", poll=0.2)
+    subprocess.run(["scancel", jobs["pt_choreo_walker_s1"]], check=True)
+    wait_until(lambda: not in_queue(jobs["pt_choreo_walker_s1"]), 120, "the cancelled job to leave the queue")
+    assert job_state(jobs["ft_choreo_walker_stand_s1"]) == "PENDING"  # afterok can no longer hold
+    rerun = experiment(out, *one_chain)
+    assert rerun.returncode == 0 and "submitted 2 cell(s)" in rerun.stdout, rerun.stdout + rerun.stderr[-2000:]
+    again = grid_jobs(out)
+    assert again["pt_choreo_walker_s1"] != jobs["pt_choreo_walker_s1"]
+    assert again["ft_choreo_walker_stand_s1"] != jobs["ft_choreo_walker_stand_s1"]
+    wait_for_grid(out)
+    for cell in ("pt_choreo_walker_s1", "ft_choreo_walker_stand_s1"):
+        assert json.loads((out / "runs" / cell / "status.json").read_text())["state"] == "done", cell
+    assert "resumed from" in (out / "logs" / "pt_choreo_walker_s1.log").read_text()

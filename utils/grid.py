@@ -170,8 +170,8 @@ def cell_state(out: Path, grid: DictConfig, cell: Cell) -> dict:
     state = status.get("state")
     if state == "running" and not lock_is_held(folder):
         state = "failed"  # killed (SIGKILL, a lost node) while running: its checkpoint continues it
-    if state == "done" and info["done"] < info["target"]:
-        state = "stopped"  # finished an earlier, smaller budget: continues
+    if state == "done" and status.get("target") != info["target"]:
+        state = "stopped"  # finished another budget (an earlier, smaller one): continues
     info["state"] = state
     if state == "running" and info["done"] > 0 and info["seconds"] > 0:
         info["eta_s"] = (info["target"] - info["done"]) * info["seconds"] / info["done"]

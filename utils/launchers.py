@@ -77,6 +77,8 @@ def run_local(grid: DictConfig, out: Path, jobs: int, threads: str | int, poll_s
                 time.sleep(poll_s)
                 continue
             for cell in list(waiting):
+                if stop["signal"] is not None:
+                    break
                 if cell.needs in failed:
                     waiting.remove(cell)
                     skipped.append(cell.name)
@@ -171,7 +173,12 @@ def submit_slurm(grid: DictConfig, out: Path, launcher: DictConfig, threads, sco
     submitted = []
     for cell in todo(grid, out):
         if cell.name in in_queue:
-            continue
+            if cell.needs not in submitted:
+                continue
+            # Still waiting on the job of a pre-training that failed or was cancelled (afterok never
+            # holds): cancel it and submit it again after the new pre-training job.
+            subprocess.run(["scancel", jobs[cell.name]], capture_output=True)
+            queue.pop(jobs[cell.name], None)
         resources = grid[cell.stage].resources
         executor = submitit.AutoExecutor(folder=str(out / "slurm" / "%j"), cluster="slurm")
         parameters = {"requeue": True}
@@ -184,7 +191,7 @@ def submit_slurm(grid: DictConfig, out: Path, launcher: DictConfig, threads, sco
             name=cell.name, timeout_min=int(resources.time_min), cpus_per_task=int(resources.cpus),
             gpus_per_node=int(resources.gpus), mem_gb=float(resources.mem_gb), slurm_partition=launcher.partition,
             slurm_signal_delay_s=int(launcher.signal_delay_s), slurm_additional_parameters=parameters)
-        job = executor.submit(CellJob(command(grid, out, cell, threads), str(log_path(out, cell))))
+        job = submit(executor, CellJob(command(grid, out, cell, threads), str(log_path(out, cell))))
         jobs[cell.name] = str(job.job_id)
         queue[str(job.job_id)] = "PENDING"
         submitted.append(cell.name)
@@ -195,10 +202,21 @@ def submit_slurm(grid: DictConfig, out: Path, launcher: DictConfig, threads, sco
         executor.update_parameters(name=f"score_{grid.name}", timeout_min=60, cpus_per_task=1, mem_gb=4,
                                    slurm_partition=launcher.partition,
                                    slurm_additional_parameters={"dependency": "afterany:" + ":".join(after)})
-        job = executor.submit(CellJob(score_command, str(out / "logs" / "score.log")))
+        job = submit(executor, CellJob(score_command, str(out / "logs" / "score.log")))
         jobs["score"] = str(job.job_id)
         write_jobs(out, jobs)
     return submitted
+
+
+def submit(executor, job: "CellJob"):
+    """executor.submit, with sbatch's refusal (a bad partition, account or parameter) as one line."""
+    import submitit
+    try:
+        return executor.submit(job)
+    except submitit.core.utils.FailedJobError as error:
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        refusal = next((line for line in lines if "error" in line.lower()), lines[-1] if lines else "no output")
+        raise UserError(f"sbatch refused the job: {refusal.strip()}") from None
 
 
 def cell_by_name(grid: DictConfig, name: str) -> Cell:
@@ -222,6 +240,24 @@ class CellJob(_checkpointable()):
 
     def __init__(self, command: list[str], log: str):
         self.command, self.log = command, log
+        self._process = None
+
+    def __getstate__(self) -> dict:
+        return {"command": self.command, "log": self.log}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _process=None)
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit's SIGUSR2 handler (before the time limit) calls this before it requeues the job:
+        let the command finish its step and write its checkpoint first."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGUSR2)
+            try:
+                self._process.wait(timeout=600)
+            except subprocess.TimeoutExpired:
+                pass
+        return super().checkpoint(*args, **kwargs)
 
     def __call__(self) -> int:
         Path(self.log).parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +265,7 @@ class CellJob(_checkpointable()):
             handle.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} job {os.environ.get('SLURM_JOB_ID')} "
                          f"{' '.join(self.command)}\n")
             handle.flush()
-            process = subprocess.Popen(self.command, stdout=handle, stderr=subprocess.STDOUT)
+            process = self._process = subprocess.Popen(self.command, stdout=handle, stderr=subprocess.STDOUT)
 
             def forward(signum, _frame):
                 process.send_signal(signum)

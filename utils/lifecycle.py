@@ -50,7 +50,9 @@ class RunLock:
 
     def __init__(self, run_dir: str | os.PathLike):
         self.run_dir = Path(run_dir)
-        self.lock = FileLock(str(self.run_dir / LOCK_NAME), timeout=0)
+        # Two seconds, not zero: `experiment.py action=status` takes a free lock for an instant to see
+        # whether a run is alive, and a run starting just then should not take it for another's.
+        self.lock = FileLock(str(self.run_dir / LOCK_NAME), timeout=2)
 
     def __enter__(self) -> "RunLock":
         self.run_dir.mkdir(parents=True, exist_ok=True)
