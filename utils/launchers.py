@@ -57,6 +57,8 @@ def run_local(grid: DictConfig, out: Path, jobs: int, threads: str | int, poll_s
                   f"rerun the same command to continue the grid", file=sys.stderr, flush=True)
             for _, process in running.values():
                 process.send_signal(signal.SIGTERM)
+    from utils.lifecycle import RunLock
+    grid_lock = RunLock(out, "grid folder", "another out=").__enter__()  # one launcher per grid: a second stops
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         while waiting or running:
@@ -91,6 +93,7 @@ def run_local(grid: DictConfig, out: Path, jobs: int, threads: str | int, poll_s
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        grid_lock.__exit__(None, None, None)
     if stop["signal"] is not None:
         raise GridStopped(stop["signal"])
     return failed, skipped

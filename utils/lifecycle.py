@@ -48,8 +48,8 @@ class RunLock:
     run. The kernel drops it when the holder dies, however it dies, so a killed run never blocks its
     rerun. Who holds it is written to ``.lock.owner`` for the refusal message."""
 
-    def __init__(self, run_dir: str | os.PathLike):
-        self.run_dir = Path(run_dir)
+    def __init__(self, run_dir: str | os.PathLike, what: str = "run folder", way_out: str = "another hydra.run.dir"):
+        self.run_dir, self.what, self.way_out = Path(run_dir), what, way_out
         # Two seconds, not zero: `experiment.py action=status` takes a free lock for an instant to see
         # whether a run is alive, and a run starting just then should not take it for another's.
         self.lock = FileLock(str(self.run_dir / LOCK_NAME), timeout=2)
@@ -59,8 +59,8 @@ class RunLock:
         try:
             self.lock.acquire()
         except Timeout:
-            raise RunFolderBusy(f"run folder {self.run_dir} is in use by another process ({self.holder()}); wait for it "
-                            f"to finish or stop it, or use another hydra.run.dir") from None
+            raise RunFolderBusy(f"{self.what} {self.run_dir} is in use by another process ({self.holder()}); wait for "
+                                f"it to finish or stop it, or use {self.way_out}") from None
         with atomic_write(self.run_dir / OWNER_NAME) as handle:
             handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
                          .encode())
