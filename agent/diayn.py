@@ -21,9 +21,15 @@ states they reach (docs/algorithm.md §14.6).
   (optimiser ``discriminator``, ``model_opt`` settings). The skill policy acts in the environment on
   the episode's skill (as URLB's DIAYN explores): there is no separate exploration actor.
   ``update_offline`` is the same step.
-* Fine-tuning (``agent.finetune_skill``): ``best`` (default) fixes one skill, the one whose imagined
-  return under the reward head is highest (a running mean over the fine-tuning updates), and
-  fine-tunes the skill policy on it; ``meta`` runs Choreographer's meta-controller over the skills.
+* Fine-tuning (``agent.finetune_skill``): ``best`` (default) fixes the skill that best explains the
+  replay's high-return behaviour, the Dreamer-based URLB's rule: over a batch of B sequences,
+
+      score(z) = mean_b R_b * sum_t log pi(a_{t+1} | f_t, z),    R_b = sum_t r_{t+1}
+
+  (f_t the posterior feature, a_{t+1} and r_{t+1} the action taken from it and its reward, replay rows
+  t+1; pairs whose row t+1 starts an episode are left out), as a running mean over the gated
+  fine-tuning updates; the skill policy is fine-tuned on the best-scoring skill. ``meta`` runs
+  Choreographer's meta-controller over the skills instead.
 * Zero-shot goals (``skill_for_goal``, ``nearest``): the skill the discriminator finds most likely
   for the goal observation's latent state.
 """
@@ -88,8 +94,8 @@ class DIAYNAgent(RolloutSkillAgent):
 
     def finetune_mode(self) -> None:
         if self.finetune_skill == "best":
-            # Running mean of each skill's imagined task return, and how many updates it averages.
-            self.register_buffer("skill_returns", torch.zeros(self.skill_dim))
+            # Running mean of each skill's score, and how many gated updates it averages.
+            self.register_buffer("skill_scores", torch.zeros(self.skill_dim))
             self.register_buffer("skill_evaluations", torch.zeros(()))
         super().finetune_mode()
 
@@ -106,21 +112,24 @@ class DIAYNAgent(RolloutSkillAgent):
 
     @torch.no_grad()
     def infer_task_skill(self, post: State, start: State, batch: dict[str, torch.Tensor]):
-        """``best``: every skill imagined for ``imag_horizon`` steps from the same first N // K start
-        states; its return = the discounted sum of the reward head's predictions after the start,
-        averaged over the starts, then into the running mean; the task skill is the best mean's."""
-        count = max(1, start["deter"].shape[0] // self.skill_dim)
-        starts = {key: value[:count].repeat(self.skill_dim, *([1] * (value.dim() - 1))) for key, value in start.items()}
-        skills = torch.eye(self.skill_dim, device=self.device).repeat_interleave(count, 0)
-        with self.autocast():
-            states, _ = self.skill_ac.imagine(self.wm.rssm, starts, self.imag_horizon, cond=skills)
-            reward = self.task_reward(states, self.wm.rssm.feat(states)).float()
-        discount = self.skill_ac.discount ** torch.arange(reward.shape[0], device=self.device, dtype=reward.dtype)
-        returns = (discount[1:, None] * reward[1:]).sum(0).reshape(self.skill_dim, count).mean(1)
+        """``best``: score(z) = mean_b R_b * sum_t log pi(a_{t+1} | f_t, z) on this batch (module
+        docstring) into the running mean; the task skill is the best mean's."""
+        feat = self.wm.rssm.feat(post)[:, :-1].detach()
+        action = batch["action"][:, 1:].to(feat.device).float()
+        # Row t+1 holds the action taken from f_t, unless it starts an episode (a reset's zero action).
+        taken = (~batch["is_first"][:, 1:].to(feat.device).bool()).float()
+        outcome = (batch["reward"][:, 1:].to(feat.device).float().reshape(taken.shape) * taken).sum(1)
+        skills = torch.eye(self.skill_dim, device=self.device)
+        # Outside autocast: a log-likelihood summed over a sequence needs float32.
+        policy = self.skill_ac.actor(self.skill_ac.policy_input(
+            feat.float().unsqueeze(0).expand(self.skill_dim, *feat.shape),
+            skills[:, None, None, :].expand(-1, *feat.shape[:2], -1)))
+        log_likelihood = (policy.log_prob(action.unsqueeze(0)) * taken).sum(-1)  # (K, B)
+        scores = (log_likelihood * outcome).mean(-1)
         self.skill_evaluations.add_(1)
-        self.skill_returns.add_((returns - self.skill_returns) / self.skill_evaluations)
-        best = self.skill_returns.argmax()
-        return torch.eye(self.skill_dim, device=self.device)[best], {"task_skill": best.float()}
+        self.skill_scores.add_((scores - self.skill_scores) / self.skill_evaluations)
+        best = self.skill_scores.argmax()
+        return skills[best], {"task_skill": best.float()}
 
     # ------------------------------------------------------------------------- skill interface
     @torch.no_grad()

@@ -10,6 +10,7 @@ import math
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -110,28 +111,52 @@ def test_diayn_discriminator_learns_from_the_skill_rollout_it_is_given():
                                              "discriminator.head"}
 
 
-def test_diayn_best_skill_is_the_highest_imagined_return_and_goal_pick_the_most_likely():
+def np_actor(head, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The actor's clamped-normal mean and std in float64 numpy: tanh(raw mean), 2 sigmoid(raw std / 2)
+    + min_std."""
+    raw_std = np_mlp(SimpleNamespace(trunk=head.trunk, mean=head.std), x)
+    return np.tanh(np_mlp(head, x)), 2 / (1 + np.exp(-raw_std / 2)) + head.min_std
+
+
+def test_diayn_best_skill_best_explains_the_high_return_actions_and_goal_pick_the_most_likely():
     agent = finetuner(make_agent("diayn"), "diayn")
     assert agent.finetune_adaptation() == "fixed" and agent.optimizers().keys() == {
         "model", "discriminator", "skill_actor", "skill_critic"}
     batch = synthetic_batch(3)
+    batch["is_first"][0, 5] = True  # an episode starting inside a window: its reset row is no action taken
+    batch["action"][0, 5] = 0.0
+    batch["reward"][0, 5] = 0.0
     post, _ = posterior(agent, batch)
-    start = agent.imagination_starts(post)
-    # Both calls imagine the same rollouts when the generator is reset: the running mean of one
-    # evaluation is that evaluation.
-    torch.manual_seed(4)
-    skill, _ = agent.infer_task_skill(post, start, batch)
-    count = start["deter"].shape[0] // agent.skill_dim
-    torch.manual_seed(4)
-    cond = torch.eye(agent.skill_dim).repeat_interleave(count, 0)
-    first = {key: value[:count].repeat(agent.skill_dim, *([1] * (value.dim() - 1))) for key, value in start.items()}
-    with torch.no_grad():
-        states, _ = agent.skill_ac.imagine(agent.wm.rssm, first, agent.imag_horizon, cond=cond)
-    reward = np_mlp(agent.wm.reward_head, agent.wm.rssm.feat(states).numpy())[..., 0]
-    discount = 0.99 ** np.arange(reward.shape[0])
-    returns = (discount[1:, None] * reward[1:]).sum(0).reshape(agent.skill_dim, count).mean(1)
-    np.testing.assert_allclose(agent.skill_returns.numpy(), returns, rtol=1e-5, atol=1e-6)
-    assert int(skill.argmax()) == int(returns.argmax()) and float(skill.sum()) == 1.0
+    # score(z) = mean_b R_b * sum_t log N(a_{t+1}; mu(f_t, z), sigma(f_t, z)), over the pairs whose row
+    # t+1 is not an episode's first; R_b the sum of those rows' rewards.
+    feat = agent.wm.rssm.feat(post).numpy()[:, :-1]
+    action = batch["action"].numpy()[:, 1:].astype(np.float64)
+    taken = ~batch["is_first"].numpy()[:, 1:]
+    outcome = (batch["reward"].numpy()[:, 1:, 0] * taken).sum(1)
+    scores = []
+    for index in range(agent.skill_dim):
+        skill = np.broadcast_to(np.eye(agent.skill_dim)[index], feat.shape[:2] + (agent.skill_dim,))
+        mean, std = np_actor(agent.skill_ac.actor, np.concatenate([feat, skill], -1))
+        log_p = (-0.5 * ((action - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)).sum(-1)
+        scores.append(((log_p * taken).sum(1) * outcome).mean())
+    scores = np.array(scores)
+    skill, _ = agent.infer_task_skill(post, None, batch)
+    np.testing.assert_allclose(agent.skill_scores.numpy(), scores, rtol=1e-4)
+    assert int(skill.argmax()) == int(scores.argmax()) and float(skill.sum()) == 1.0
+    # A second batch: the running mean of the two batches' scores.
+    second = synthetic_batch(4)
+    post2, _ = posterior(agent, second)
+    agent.infer_task_skill(post2, None, second)
+    feat2 = agent.wm.rssm.feat(post2).numpy()[:, :-1]
+    outcome2 = second["reward"].numpy()[:, 1:, 0].sum(1)
+    scores2 = []
+    for index in range(agent.skill_dim):
+        skill = np.broadcast_to(np.eye(agent.skill_dim)[index], feat2.shape[:2] + (agent.skill_dim,))
+        mean, std = np_actor(agent.skill_ac.actor, np.concatenate([feat2, skill], -1))
+        value = second["action"].numpy()[:, 1:].astype(np.float64)
+        log_p = (-0.5 * ((value - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)).sum(-1)
+        scores2.append((log_p.sum(1) * outcome2).mean())
+    np.testing.assert_allclose(agent.skill_scores.numpy(), (scores + np.array(scores2)) / 2, rtol=1e-4)
 
     # Zero-shot: the skill the discriminator finds most likely for the goal's latent state.
     goal = np.random.default_rng(0).normal(size=OBS_DIM).astype(np.float32)
@@ -148,7 +173,7 @@ def test_diayn_finetuning_trains_what_its_adaptation_trains(finetune_skill):
     metrics = agent.update(synthetic_batch(seed=3))
     world = {"wm.encoder", "wm.rssm", "wm.decoder", "wm.reward_head"}
     if finetune_skill == "best":
-        expected = world | {"skill_ac.actor", "skill_ac.critic", "skill_ac.target_critic", "skill_returns",
+        expected = world | {"skill_ac.actor", "skill_ac.critic", "skill_ac.target_critic", "skill_scores",
                             "skill_evaluations", "task_skill"}
     else:
         expected = world | {"skill_ac.actor", "meta.selector", "meta.critic", "meta.target_critic"}
