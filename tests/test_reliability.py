@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -316,6 +318,30 @@ def test_another_runs_snapshot_is_never_replaced(tmp_path, monkeypatch):
     other = OnlineRunner(compose_config(overrides + ["overwrite_snapshots=true"]), tmp_path / "third")
     other.save_snapshot(2000)
     assert load_snapshot(target)["run_dir"] == str((tmp_path / "third").resolve())
+
+
+def test_a_snapshot_published_between_the_check_and_the_write_is_not_replaced(tmp_path, monkeypatch):
+    """Two runs with the same domain, agent and seed start together: both find the name free, the
+    other publishes first (here: right after this run's check). This run's write is refused, naming
+    the other run; the other's file and no temporary file are left."""
+    import utils.run_loop
+    monkeypatch.chdir(tmp_path)
+    overrides = TINY + ["seed=4", "snapshots=[2000]"]
+    runner = OnlineRunner(compose_config(overrides), tmp_path / "mine")
+    target = runner.snapshot_path(2000)
+    other_run = (tmp_path / "other").resolve()
+    real_check = utils.run_loop.check_snapshot_owner
+
+    def check_then_lose_the_race(path, run_dir, overwrite):
+        real_check(path, run_dir, overwrite)
+        if not Path(path).exists():
+            save_snapshot({"run_dir": str(other_run), "weights": torch.zeros(2)}, path)
+
+    monkeypatch.setattr(utils.run_loop, "check_snapshot_owner", check_then_lose_the_race)
+    with pytest.raises(UserError, match=f"written by run folder {re.escape(str(other_run))}"):
+        runner.save_snapshot(2000)
+    assert load_snapshot(target)["run_dir"] == str(other_run)
+    assert sorted(path.name for path in target.parent.iterdir()) == [target.name]
 
 
 def test_leftovers_are_set_aside_only_without_a_checkpoint_and_only_for_a_valid_resume(tmp_path):

@@ -3,6 +3,7 @@ crash (even SIGKILL) or a full disk leaves the previous file (or none) under the
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -16,10 +17,11 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, sync: bool = False) -> Iterator[BinaryIO]:
+def atomic_write(path: str | os.PathLike, sync: bool = False, exclusive: bool = False) -> Iterator[BinaryIO]:
     """``with atomic_write(path) as handle: handle.write(...)``: ``path`` appears only once the block
     has finished, with the usual file mode (mkstemp makes 0600 files); ``sync`` flushes it to disk
-    first. On any error the temporary file is removed and the error raised."""
+    first. ``exclusive``: publish only if ``path`` does not exist (FileExistsError otherwise, the
+    other file kept). On any error the temporary file is removed and the error raised."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -30,7 +32,25 @@ def atomic_write(path: str | os.PathLike, sync: bool = False) -> Iterator[Binary
                 handle.flush()
                 os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        if exclusive:
+            _publish_new(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _publish_new(tmp: str, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` unless that name exists: a hard link is created or refused in one
+    step, where checking and then renaming leaves a window for another process."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: the rename, without the guarantee
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)

@@ -81,8 +81,15 @@ class RunLoop:
     def save_snapshot_file(self, payload: dict, count: int) -> Path:
         from utils.snapshot import save_snapshot
         path = self.snapshot_path(count)
+        replacing = self.cfg.overwrite_snapshots or path.exists()
         check_snapshot_owner(path, self.run_dir, self.cfg.overwrite_snapshots)
-        return save_snapshot(payload, path)
+        try:
+            # A name that was free at the check must still be free at the publish: another run with
+            # the same domain, agent, seed and snapshot folder may have written it in between.
+            return save_snapshot(payload, path, exclusive=not replacing)
+        except FileExistsError:
+            check_snapshot_owner(path, self.run_dir, self.cfg.overwrite_snapshots)  # names the other run
+            raise
 
     def report_progress(self, force: bool = False) -> None:
         if self.status is not None:

@@ -20,15 +20,18 @@ class SnapshotError(RuntimeError):
     pass
 
 
-def save_snapshot(payload: dict, path: str | os.PathLike) -> Path:
+def save_snapshot(payload: dict, path: str | os.PathLike, exclusive: bool = False) -> Path:
     """Write ``payload`` to ``path`` through a temporary file in the same folder, then rename:
-    a crash mid-write never leaves a half-written snapshot under the final name."""
+    a crash mid-write never leaves a half-written snapshot under the final name. ``exclusive``:
+    FileExistsError, and nothing replaced, when ``path`` appeared meanwhile."""
     path = Path(path)
     try:
-        with atomic_write(path, sync=True) as handle:
+        with atomic_write(path, sync=True, exclusive=exclusive) as handle:
             torch.save(payload, handle)
     except BaseException as error:
         cause = _os_error(error)
+        if isinstance(cause, FileExistsError):
+            raise cause from None
         if cause is not None:
             raise SnapshotError(f"could not write snapshot {path}: {cause.strerror or cause}; "
                                 f"the previous file (if any) is kept") from error
