@@ -184,6 +184,32 @@ def test_sigterm_on_a_fine_tuning_run_then_the_rerun_matches_an_uninterrupted_on
     assert_same_weights_and_rows(straight, stopped)
 
 
+def test_sigterm_during_an_evaluation_stops_it_and_the_rerun_evaluates_again_as_an_uninterrupted_run(tmp_path):
+    """A long evaluation (100 zero-shot episodes) must not outlast a cluster's grace period: the stop is
+    taken at the next evaluation step, the checkpoint is that of the moment before the evaluation, and
+    the rerun makes the whole evaluation again with the same numbers."""
+    settings = [item for item in FINETUNE if not item.startswith(("num_train_frames=", "num_eval_episodes="))]
+    settings += ["num_train_frames=2000", "num_eval_episodes=4"]  # one evaluation, at frame 1000
+    straight = tmp_path / "straight"
+    done = subprocess.run(script_command("finetune.py", straight, *settings), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stopped = tmp_path / "stopped"
+    # The evaluation starts as soon as the first episode's line is printed and takes seconds.
+    process, stderr = stop_with([signal.SIGTERM], script_command("finetune.py", stopped, *settings), tmp_path,
+                                after="| train | F: 1000", delay=0.5)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("stopped by SIGTERM at frame 1000, during an evaluation"), last
+    assert not (stopped / "eval.csv").exists() or len(csv_rows(stopped / "eval.csv")) == 0
+    saved = load_snapshot(stopped / "checkpoint.pt")
+    assert saved["global_step"] == 1000 and saved["episode_in_progress"]["episode_step"] == 0
+    rerun = subprocess.run(script_command("finetune.py", stopped, *settings), cwd=tmp_path, capture_output=True,
+                           text=True, timeout=900)
+    assert rerun.returncode == 0 and "at frame 1000 " in rerun.stdout, rerun.stderr[-2000:]
+    assert_same_weights_and_rows(straight, stopped)
+
+
 def test_sigterm_on_an_offline_run_then_the_rerun_matches_an_uninterrupted_one(tmp_path, straight):
     dataset = [f"dataset_dir={straight / 'buffer'}"]
     reference = tmp_path / "straight"

@@ -21,7 +21,8 @@ from utils.agents import agent_class, build_agent, load_agent_state, plain, pref
 from utils.errors import TrainingDiverged, UserError
 from utils.progress import Progress
 from utils.replay import EpisodeReplay
-from utils.checkpoint import open_checkpoint, set_aside_unfinished_run, set_global_rng_state, write_checkpoint
+from utils.checkpoint import (global_rng_state, open_checkpoint, set_aside_unfinished_run, set_global_rng_state,
+                              write_checkpoint)
 from utils.run_loop import RunLoop
 from utils.settings import resolve_task
 from utils.snapshot import load_snapshot, save_snapshot
@@ -95,6 +96,10 @@ def check_finite(metrics: dict, step: int, frame: int | None = None) -> None:
         where = f"step {step}" + (f" (frame {frame})" if frame is not None else "")
         raise TrainingDiverged(f"non-finite loss at {where}: {', '.join(bad)}; "
                                f"the last good checkpoint and snapshots are kept")
+
+
+class EvaluationStopped(Exception):
+    """A stop signal arrived during an evaluation."""
 
 
 class OnlineRunner(RunLoop):
@@ -258,7 +263,11 @@ class OnlineRunner(RunLoop):
                 time_step, state, meta, episode_reward, episode_step = begin_episode()
 
             if (self.step > 0 and self.step % eval_every == 0) or (self.step == 0 and eval_at_start):
-                self.evaluate()
+                if not self.evaluate_unless_stopped():
+                    # Checkpointed as before the evaluation, which a resumed run makes again, whole.
+                    unfinished = self.episode_state(state, meta, episode_reward, episode_step, snapshot_written)
+                    self.stop_if_asked(f"frame {self.frame}, during an evaluation (made again on resume)",
+                                       lambda: self.save_checkpoint(unfinished))
 
             if self.step < random_until:
                 action = self.action_rng.uniform(-1.0, 1.0, env.action_dim).astype(np.float32)
@@ -336,6 +345,8 @@ class OnlineRunner(RunLoop):
         self.record_frame(time_step)
         total = 0.0
         while not time_step["is_last"]:
+            if self.stop is not None and self.stop.requested:
+                raise EvaluationStopped
             action, state = agent.act(time_step, meta, self.step, eval_mode=eval_mode, state=state)
             time_step = env.step(action)
             self.record_frame(time_step)
@@ -352,6 +363,21 @@ class OnlineRunner(RunLoop):
             self.video.record(time_step["observation"] if pixels else
                               self.eval_env.render_physics(self.eval_env.physics_state()))
 
+    def evaluate_unless_stopped(self) -> bool:
+        """``evaluate``; False when a stop signal came during it. Then nothing of it is kept: the
+        random generators and the evaluation environment's reset count are as before it, so the
+        evaluation a resumed run makes is the one this run would have made. (A long evaluation, like
+        the 100 episodes of zero-shot, would otherwise outlast a cluster's grace period.)"""
+        rng, agent_rng, resets = global_rng_state(), self.agent.rng.bit_generator.state, self.eval_resets
+        try:
+            self.evaluate()
+        except EvaluationStopped:
+            set_global_rng_state(rng)
+            self.agent.rng.bit_generator.state = agent_rng
+            self.eval_resets = resets
+            return False
+        return True
+
     def evaluate(self) -> None:
         cfg, agent = self.cfg, self.agent
         eval_goals = bool(cfg.eval_goals)
@@ -359,13 +385,15 @@ class OnlineRunner(RunLoop):
         returns, counter = [], [0]
         meta = agent.init_meta()
         bar = Progress(len(goal_ids), unit="episode", desc="eval", leave=False, enabled=self.progress.enabled)
-        for task_id in goal_ids:
-            if eval_goals:
-                meta = agent.init_meta()
-            episode_return, meta = self.run_eval_episode(task_id, meta, not eval_goals, counter)
-            returns.append(episode_return)
-            bar.update(1)
-        bar.close()
+        try:
+            for task_id in goal_ids:
+                if eval_goals:
+                    meta = agent.init_meta()
+                episode_return, meta = self.run_eval_episode(task_id, meta, not eval_goals, counter)
+                returns.append(episode_return)
+                bar.update(1)
+        finally:
+            bar.close()
         episodes = max(1, len(returns))
         metrics = {
             "episode_reward": sum(returns) / episodes,
