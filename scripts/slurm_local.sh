@@ -29,6 +29,7 @@ ACCOUNTING=${SLURM_LOCAL_ACCOUNTING:-1}
 start_s=$(date +%s)
 
 # One run at a time on this machine (two test sessions starting together would race for the daemons).
+# The daemons are started with fd 9 closed: one that inherited it would hold the lock for its lifetime.
 if command -v flock >/dev/null 2>&1; then
     exec 9>/run/slurm_local.lock
     flock -w 900 9 || fail "another slurm_local.sh holds /run/slurm_local.lock"
@@ -77,9 +78,9 @@ chmod 0755 /run/munge
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
     rm -f /run/munge/munge.socket.2 /run/munge/munged.pid
     if [ "$MUNGE_USER" = munge ]; then
-        runuser -u munge -- munged --force >/tmp/slurm_local_munged.log 2>&1
+        runuser -u munge -- munged --force >/tmp/slurm_local_munged.log 2>&1 9>&-
     else
-        munged --force >/tmp/slurm_local_munged.log 2>&1
+        munged --force >/tmp/slurm_local_munged.log 2>&1 9>&-
     fi
     for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
     munge -n 2>/dev/null | unmunge >/dev/null 2>&1 \
@@ -149,7 +150,7 @@ if [ "$ACCOUNTING" = 1 ]; then
             || fail "mariadb-install-db failed (see $LOG_DIR/mariadb.log)"
         # Socket only (no port to clash with) and a small buffer pool: the database holds a few jobs.
         setsid mariadbd --user=mysql --skip-networking --innodb-buffer-pool-size=64M \
-            --innodb-lock-wait-timeout=900 >>"$LOG_DIR/mariadb.log" 2>&1 </dev/null &
+            --innodb-lock-wait-timeout=900 >>"$LOG_DIR/mariadb.log" 2>&1 </dev/null 9>&- &
         for _ in $(seq 300); do mariadb -e 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.1; done
         mariadb -e 'SELECT 1' >/dev/null 2>&1 \
             || fail "MariaDB does not answer after 30s: $(tail -n1 "$LOG_DIR/mariadb.log" 2>/dev/null)"
@@ -178,7 +179,7 @@ StorageLoc=slurm_acct_db"
     fi
     chmod 0600 "$CONF_DIR/slurmdbd.conf"  # slurmdbd refuses a readable file holding the password
     if ! running /run/slurm/slurmdbd.pid; then
-        slurmdbd >>"$LOG_DIR/slurmdbd.stdout" 2>&1 \
+        slurmdbd >>"$LOG_DIR/slurmdbd.stdout" 2>&1 9>&- \
             || fail "slurmdbd did not start: $(tail -n1 "$LOG_DIR/slurmdbd.log" 2>/dev/null)"
     fi
     for _ in $(seq 100); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.2; done
@@ -197,11 +198,11 @@ if [ $conf_changed = 1 ]; then
     done
 fi
 if ! running /run/slurm/slurmctld.pid; then
-    slurmctld >>"$LOG_DIR/slurmctld.stdout" 2>&1 \
+    slurmctld >>"$LOG_DIR/slurmctld.stdout" 2>&1 9>&- \
         || fail "slurmctld did not start: $(tail -n1 "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmctld.stdout" 2>/dev/null | tr '\n' ' ')"
 fi
 if ! running /run/slurm/slurmd.pid; then
-    slurmd >>"$LOG_DIR/slurmd.stdout" 2>&1 \
+    slurmd >>"$LOG_DIR/slurmd.stdout" 2>&1 9>&- \
         || fail "slurmd did not start: $(tail -n1 "$LOG_DIR/slurmd.log" "$LOG_DIR/slurmd.stdout" 2>/dev/null | tr '\n' ' ')"
 fi
 

@@ -68,29 +68,58 @@ def test_a_slurm_grid_runs_in_order_scores_and_a_rerun_submits_nothing(slurm_clu
     assert grid_jobs(out) == jobs
 
 
-def test_a_requeued_job_ends_with_the_rows_of_an_uninterrupted_run(slurm_cluster, tmp_path):
-    """``scontrol requeue`` mid-run: SIGTERM reaches the run, which writes its checkpoint; the job runs
-    again and continues from it. Its rows equal those of the same cell run locally, never stopped."""
-    one_cell = ["experiment.agents=[choreo]", "experiment.seeds=[1]", "experiment.tasks.walker=[]",
-                "experiment.pretrain.frames=4000"]
-    reference = tmp_path / "local"
-    local = subprocess.run([sys.executable, str(REPO / "experiment.py"), *TINY_GRID, *one_cell, f"out={reference}"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
+ONE_CELL = ["experiment.agents=[choreo]", "experiment.seeds=[1]", "experiment.tasks.walker=[]",
+            "experiment.pretrain.frames=4000"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_rows(tmp_path_factory):
+    """The train.csv rows of the one-cell grid run locally, never stopped."""
+    reference = tmp_path_factory.mktemp("uninterrupted") / "local"
+    local = subprocess.run([sys.executable, str(REPO / "experiment.py"), *TINY_GRID, *ONE_CELL, f"out={reference}"],
+                           cwd=reference.parent, capture_output=True, text=True, timeout=600)
     assert local.returncode == 0, local.stderr[-2000:]
-    out = tmp_path / "slurm"
-    submitted = experiment(out, *one_cell)
+    return csv_rows(reference / "runs" / "pt_choreo_walker_s1" / "train.csv")
+
+
+def stop_mid_run_and_finish(out, stop) -> dict:
+    """Submit the one-cell grid, call ``stop(job_id)`` once its first episode is logged, wait for the
+    grid to end; the cell's log and status."""
+    submitted = experiment(out, *ONE_CELL)
     assert submitted.returncode == 0, submitted.stderr[-2000:]
     job = grid_jobs(out)["pt_choreo_walker_s1"]
     train_csv = out / "runs" / "pt_choreo_walker_s1" / "train.csv"
     wait_until(lambda: train_csv.exists() and len(train_csv.read_text().splitlines()) >= 2, 300,
                "the first episode of the pre-training", poll=0.2)
-    requeue(job)
+    stop(job)
     wait_for_grid(out)
-    log = (out / "logs" / "pt_choreo_walker_s1.log").read_text()
-    assert "stopped by SIGTERM" in log and "resumed from" in log, log[-3000:]
-    status = json.loads((out / "runs" / "pt_choreo_walker_s1" / "status.json").read_text())
-    assert status["state"] == "done" and status["done"] == 4000
-    assert csv_rows(train_csv) == csv_rows(reference / "runs" / "pt_choreo_walker_s1" / "train.csv")
+    return {"job": job, "log": (out / "logs" / "pt_choreo_walker_s1.log").read_text(),
+            "status": json.loads((out / "runs" / "pt_choreo_walker_s1" / "status.json").read_text()),
+            "rows": csv_rows(train_csv)}
+
+
+def test_a_requeued_job_ends_with_the_rows_of_an_uninterrupted_run(slurm_cluster, tmp_path, uninterrupted_rows):
+    """``scontrol requeue`` mid-run: SIGTERM reaches the run, which writes its checkpoint; the job runs
+    again and continues from it. Its rows equal those of the same cell run locally, never stopped."""
+    ended = stop_mid_run_and_finish(tmp_path / "slurm", requeue)
+    assert "stopped by SIGTERM" in ended["log"] and "resumed from" in ended["log"], ended["log"][-3000:]
+    assert ended["status"]["state"] == "done" and ended["status"]["done"] == 4000
+    assert ended["rows"] == uninterrupted_rows
+
+
+def test_the_time_limit_signal_checkpoints_and_the_job_requeues_itself(slurm_cluster, tmp_path, uninterrupted_rows):
+    """What Slurm sends ``signal_delay_s`` before the time limit, SIGUSR2 (here from ``scancel --signal``,
+    as submitit's own ``job._interrupt(timeout=True)`` does): submitit's handler asks
+    ``CellJob.checkpoint``, which lets the run write its checkpoint and exit first, then requeues the
+    job, which continues from the checkpoint with the rows of an uninterrupted run."""
+    from slurm import job_info
+    ended = stop_mid_run_and_finish(tmp_path / "slurm",
+                                    lambda job: subprocess.run(["scancel", "--signal=USR2", job], check=True))
+    assert "stopped by SIGUSR2" in ended["log"] and "resumed from" in ended["log"], ended["log"][-3000:]
+    assert ended["log"].count("=== ") == 2  # the command ran twice: before and after the requeue
+    assert job_info(ended["job"]).get("Restarts", "1") == "1"
+    assert ended["status"]["state"] == "done" and ended["status"]["done"] == 4000
+    assert ended["rows"] == uninterrupted_rows
 
 
 def test_a_cancelled_pre_training_is_resubmitted_with_its_fine_tuning(slurm_cluster, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from omegaconf import DictConfig
 
 from utils.atomic import atomic_write
 from utils.errors import UserError
-from utils.grid import Cell, cell_state, cells, command, log_path
+from utils.grid import REPO, Cell, cell_state, cells, command, log_path
 
 
 def todo(grid: DictConfig, out: Path) -> list[Cell]:
@@ -193,7 +194,8 @@ def submit_slurm(grid: DictConfig, out: Path, launcher: DictConfig, threads, sco
         executor.update_parameters(
             name=cell.name, timeout_min=int(resources.time_min), cpus_per_task=int(resources.cpus),
             gpus_per_node=int(resources.gpus), mem_gb=float(resources.mem_gb), slurm_partition=launcher.partition,
-            slurm_signal_delay_s=int(launcher.signal_delay_s), slurm_additional_parameters=parameters)
+            slurm_signal_delay_s=int(launcher.signal_delay_s), slurm_additional_parameters=parameters,
+            slurm_setup=job_setup())
         job = submit(executor, CellJob(command(grid, out, cell, threads), str(log_path(out, cell))))
         jobs[cell.name] = str(job.job_id)
         queue[str(job.job_id)] = "PENDING"
@@ -203,12 +205,19 @@ def submit_slurm(grid: DictConfig, out: Path, launcher: DictConfig, threads, sco
         executor = submitit.AutoExecutor(folder=str(out / "slurm" / "%j"), cluster="slurm")
         after = [jobs[name] for name in jobs if jobs[name] in queue]
         executor.update_parameters(name=f"score_{grid.name}", timeout_min=60, cpus_per_task=1, mem_gb=4,
-                                   slurm_partition=launcher.partition,
+                                   slurm_partition=launcher.partition, slurm_setup=job_setup(),
                                    slurm_additional_parameters={"dependency": "afterany:" + ":".join(after)})
         job = submit(executor, CellJob(score_command, str(out / "logs" / "score.log")))
         jobs["score"] = str(job.job_id)
         write_jobs(out, jobs)
     return submitted
+
+
+def job_setup() -> list[str]:
+    """The job script's first lines: this checkout first on the job's import path, so the job unpickles
+    the CellJob of the code that submitted it (and runs its scripts) whether or not the project is
+    installed, and not another installed copy."""
+    return [f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"]
 
 
 def submit(executor, job: "CellJob"):
