@@ -3,6 +3,7 @@
 input with one line. The Slurm launcher's tests are in test_slurm_grid.py."""
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import subprocess
@@ -103,6 +104,32 @@ def test_rerunning_a_finished_grid_launches_nothing_and_status_lists_every_cell(
     assert lines[0].endswith("8 cells (8 done)")
     assert sum(" done " in line for line in lines[1:-1]) == 8
     assert lines[-1].startswith("CPU-hours spent: ")
+
+
+def test_a_zero_shot_grid_scores_the_success_rates_its_runs_logged(tmp_path):
+    """The zero_shot_jaco preset, tiny: each pre-training's snapshot evaluated once at the start with
+    eval_goals=True; the zero-shot table is the mean over seeds of the rates in the runs' eval.csv."""
+    tiny = [arg for arg in TINY_GRID if arg.startswith(("+experiment.common.", "experiment.score.", "launcher."))]
+    out = tmp_path / "zero_shot"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "experiment.py"), "experiment=zero_shot_jaco", *tiny,
+         "experiment.common.configs=dmc_states", "experiment.tasks.jaco=[jaco_reach_top_left]",
+         "experiment.seeds=[1,2]", "experiment.pretrain.frames=1000", "experiment.finetune.settings.num_eval_episodes=3",
+         f"out={out}"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    logged = {}
+    for seed in (1, 2):
+        rows = list(csv.DictReader((out / "runs" / f"ft_choreo_jaco_reach_top_left_s{seed}" / "eval.csv").open()))
+        assert len(rows) == 1 and rows[0]["frame"] == "0"  # one evaluation, before any fine-tuning
+        for metric in ("success_rate", "goal_success_rate"):
+            logged.setdefault(metric, []).append(float(rows[0][metric]))
+    scored = {row["metric"]: row for row in csv.DictReader((out / "results.csv").open())
+              if row["table"] == "zero_shot" and row["group"] == "jaco_reach_top_left"}
+    assert scored.keys() == {"success_rate", "goal_success_rate"}
+    for metric, values in logged.items():
+        assert float(scored[metric]["value"]) == pytest.approx(sum(values) / 2) and scored[metric]["runs"] == "2"
+        assert float(scored[metric]["low"]) <= float(scored[metric]["value"]) <= float(scored[metric]["high"])
+    assert "Zero-shot goal reaching" in (out / "results.md").read_text()
 
 
 def test_a_stopped_local_grid_continues_where_it_stopped(tmp_path):
