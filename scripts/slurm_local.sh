@@ -29,10 +29,11 @@ ACCOUNTING=${SLURM_LOCAL_ACCOUNTING:-1}
 start_s=$(date +%s)
 
 # One run at a time on this machine (two test sessions starting together would race for the daemons).
-# The daemons are started with fd 9 closed: one that inherited it would hold the lock for its lifetime.
+# The daemons are started with fd 9 closed: one that inherited it would hold the lock for its lifetime
+# (daemons started by the script's first version do: hence the file's new name).
 if command -v flock >/dev/null 2>&1; then
-    exec 9>/run/slurm_local.lock
-    flock -w 900 9 || fail "another slurm_local.sh holds /run/slurm_local.lock"
+    exec 9>/run/slurm_local.v2.lock
+    flock -w 900 9 || fail "another slurm_local.sh holds /run/slurm_local.v2.lock"
 fi
 
 node_state() { sinfo -h -n "$HOST" -o %T 2>/dev/null | head -n1; }

@@ -111,25 +111,44 @@ def test_a_zero_shot_grid_scores_the_success_rates_its_runs_logged(tmp_path):
     eval_goals=True; the zero-shot table is the mean over seeds of the rates in the runs' eval.csv."""
     tiny = [arg for arg in TINY_GRID if arg.startswith(("+experiment.common.", "experiment.score.", "launcher."))]
     out = tmp_path / "zero_shot"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "experiment.py"), "experiment=zero_shot_jaco", *tiny,
-         "experiment.common.configs=dmc_states", "experiment.tasks.jaco=[jaco_reach_top_left]",
-         "experiment.seeds=[1,2]", "experiment.pretrain.frames=1000", "experiment.finetune.settings.num_eval_episodes=3",
-         f"out={out}"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    command = [sys.executable, str(REPO / "experiment.py"), "experiment=zero_shot_jaco", *tiny,
+               "experiment.common.configs=dmc_states", "experiment.tasks.jaco=[jaco_reach_top_left]",
+               "experiment.seeds=[1,2]", "experiment.pretrain.frames=1000",
+               "experiment.finetune.settings.num_eval_episodes=3", f"out={out}"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    def scored():
+        return {row["metric"]: row for row in csv.DictReader((out / "results.csv").open())
+                if row["table"] == "zero_shot" and row["group"] == "jaco_reach_top_left"}
+
     logged = {}
     for seed in (1, 2):
         rows = list(csv.DictReader((out / "runs" / f"ft_choreo_jaco_reach_top_left_s{seed}" / "eval.csv").open()))
         assert len(rows) == 1 and rows[0]["frame"] == "0"  # one evaluation, before any fine-tuning
         for metric in ("success_rate", "goal_success_rate"):
             logged.setdefault(metric, []).append(float(rows[0][metric]))
-    scored = {row["metric"]: row for row in csv.DictReader((out / "results.csv").open())
-              if row["table"] == "zero_shot" and row["group"] == "jaco_reach_top_left"}
-    assert scored.keys() == {"success_rate", "goal_success_rate"}
+    assert scored().keys() == {"success_rate", "goal_success_rate"}
     for metric, values in logged.items():
-        assert float(scored[metric]["value"]) == pytest.approx(sum(values) / 2) and scored[metric]["runs"] == "2"
-        assert float(scored[metric]["low"]) <= float(scored[metric]["value"]) <= float(scored[metric]["high"])
+        assert float(scored()[metric]["value"]) == pytest.approx(sum(values) / 2) and scored()[metric]["runs"] == "2"
     assert "Zero-shot goal reaching" in (out / "results.md").read_text()
+
+    # Tiny agents rarely succeed: score again with distinct rates written into the runs' logs.
+    rates = {1: {"success_rate": 0.2, "goal_success_rate": 0.5}, 2: {"success_rate": 0.6, "goal_success_rate": 1.0}}
+    for seed, values in rates.items():
+        path = out / "runs" / f"ft_choreo_jaco_reach_top_left_s{seed}" / "eval.csv"
+        (row,) = list(csv.DictReader(path.open()))
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            writer.writeheader()
+            writer.writerow(row | {key: str(value) for key, value in values.items()})
+    again = subprocess.run(command + ["action=score"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for metric, expected in (("success_rate", 0.4), ("goal_success_rate", 0.75)):
+        row = scored()[metric]
+        assert float(row["value"]) == pytest.approx(expected), row
+        # The bootstrap over the two seeds' rates: the interval lies between them and holds the mean.
+        low, high = rates[1][metric], rates[2][metric]
+        assert low <= float(row["low"]) <= expected <= float(row["high"]) <= high, row
 
 
 def test_a_stopped_local_grid_continues_where_it_stopped(tmp_path):

@@ -125,7 +125,7 @@ def test_diayn_best_skill_best_explains_the_high_return_actions_and_goal_pick_th
     batch = synthetic_batch(3)
     batch["is_first"][0, 5] = True  # an episode starting inside a window: its reset row is no action taken
     batch["action"][0, 5] = 0.0
-    batch["reward"][0, 5] = 0.0
+    batch["reward"][0, 5] = 5.0  # not the return of any action scored: a missing mask would count it
     post, _ = posterior(agent, batch)
     # score(z) = mean_b R_b * sum_t log N(a_{t+1}; mu(f_t, z), sigma(f_t, z)), over the pairs whose row
     # t+1 is not an episode's first; R_b the sum of those rows' rewards.

@@ -47,6 +47,10 @@ def _publish_new(tmp: str, path: Path) -> None:
     try:
         os.link(tmp, path)
     except FileExistsError:
+        # On NFS a retried link can report "exists" for the link it made itself.
+        if os.path.samefile(tmp, path):
+            os.unlink(tmp)
+            return
         raise
     except OSError:  # a file system without hard links: the rename, without the guarantee
         if path.exists():

@@ -15,7 +15,7 @@ from utils.device import resolve_device
 from utils.logger import Logger
 from utils.seeding import seed_everything
 from utils.settings import check_settings
-from utils.snapshot import check_snapshot_owner
+from utils.snapshot import SnapshotError, check_snapshot_owner
 from utils.summary import print_summary
 from utils.threads import ThreadShare
 
@@ -87,9 +87,9 @@ class RunLoop:
             # A name that was free at the check must still be free at the publish: another run with
             # the same domain, agent, seed and snapshot folder may have written it in between.
             return save_snapshot(payload, path, exclusive=not replacing)
-        except FileExistsError:
+        except FileExistsError as error:
             check_snapshot_owner(path, self.run_dir, self.cfg.overwrite_snapshots)  # names the other run
-            raise
+            raise SnapshotError(f"could not write snapshot {path}: {error.strerror or error}") from error
 
     def report_progress(self, force: bool = False) -> None:
         if self.status is not None:

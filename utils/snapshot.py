@@ -30,7 +30,7 @@ def save_snapshot(payload: dict, path: str | os.PathLike, exclusive: bool = Fals
             torch.save(payload, handle)
     except BaseException as error:
         cause = _os_error(error)
-        if isinstance(cause, FileExistsError):
+        if exclusive and isinstance(cause, FileExistsError):
             raise cause from None
         if cause is not None:
             raise SnapshotError(f"could not write snapshot {path}: {cause.strerror or cause}; "
