@@ -82,9 +82,9 @@ def uninterrupted_rows(tmp_path_factory):
     return csv_rows(reference / "runs" / "pt_choreo_walker_s1" / "train.csv")
 
 
-def stop_mid_run_and_finish(out, stop) -> dict:
-    """Submit the one-cell grid, call ``stop(job_id)`` once its first episode is logged, wait for the
-    grid to end; the cell's log and status."""
+def stop_mid_run_and_finish(out, stop, timeout=900) -> dict:
+    """Submit the one-cell grid, call ``stop(job_id)`` once its first episode is logged, wait (at most
+    ``timeout`` s) for the grid to end; the cell's log and status."""
     submitted = experiment(out, *ONE_CELL)
     assert submitted.returncode == 0, submitted.stderr[-2000:]
     job = grid_jobs(out)["pt_choreo_walker_s1"]
@@ -92,7 +92,7 @@ def stop_mid_run_and_finish(out, stop) -> dict:
     wait_until(lambda: train_csv.exists() and len(train_csv.read_text().splitlines()) >= 2, 300,
                "the first episode of the pre-training", poll=0.2)
     stop(job)
-    wait_for_grid(out)
+    wait_for_grid(out, timeout)
     return {"job": job, "log": (out / "logs" / "pt_choreo_walker_s1.log").read_text(),
             "status": json.loads((out / "runs" / "pt_choreo_walker_s1" / "status.json").read_text()),
             "rows": csv_rows(train_csv)}
@@ -113,8 +113,11 @@ def test_the_time_limit_signal_checkpoints_and_the_job_requeues_itself(slurm_clu
     ``CellJob.checkpoint``, which lets the run write its checkpoint and exit first, then requeues the
     job, which continues from the checkpoint with the rows of an uninterrupted run."""
     from slurm import job_info
+    # Well under the 600 s the checkpoint hook once hung for (it waited on the Popen its own signal
+    # had interrupted).
     ended = stop_mid_run_and_finish(tmp_path / "slurm",
-                                    lambda job: subprocess.run(["scancel", "--signal=USR2", job], check=True))
+                                    lambda job: subprocess.run(["scancel", "--signal=USR2", job], check=True),
+                                    timeout=400)
     assert "stopped by SIGUSR2" in ended["log"] and "resumed from" in ended["log"], ended["log"][-3000:]
     assert ended["log"].count("=== ") == 2  # the command ran twice: before and after the requeue
     assert job_info(ended["job"])["Restarts"] == "1"  # the controller keeps a finished job MinJobAge (300 s)

@@ -240,6 +240,14 @@ def _checkpointable():
     return submitit.helpers.Checkpointable
 
 
+def _exited(pid: int) -> bool:
+    """Whether the child ``pid`` has exited, without reaping it."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # already reaped
+        return True
+
+
 class CellJob(_checkpointable()):
     """What a Slurm job runs: the cell's command, its output appended to the cell's log.
 
@@ -262,13 +270,19 @@ class CellJob(_checkpointable()):
 
     def checkpoint(self, *args, **kwargs):
         """submitit's SIGUSR2 handler (before the time limit) calls this before it requeues the job:
-        let the command finish its step and write its checkpoint first."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGUSR2)
-            try:
-                self._process.wait(timeout=600)
-            except subprocess.TimeoutExpired:
-                pass
+        let the command finish its step and write its checkpoint first (it may have had the signal
+        already: Slurm signals every process of the job).
+
+        The handler interrupts ``__call__``'s ``Popen.wait``, which holds the Popen's wait lock: here
+        ``poll``/``wait`` would report the command running or block on that lock (for the whole
+        timeout), so the command's exit is watched with ``waitid(WNOWAIT)``, which leaves the exit
+        status for ``__call__``."""
+        process = self._process
+        if process is not None and process.returncode is None and not _exited(process.pid):
+            os.kill(process.pid, signal.SIGUSR2)
+            deadline = time.monotonic() + 600
+            while not _exited(process.pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
         return super().checkpoint(*args, **kwargs)
 
     def __call__(self) -> int:
