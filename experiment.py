@@ -32,9 +32,10 @@ def main_body(cfg: DictConfig, argv: list[str]) -> None:
         raise UserError(f"launcher={launcher.name!r} is not valid; valid: local, slurm")
     check_grid(grid)
     if cfg.action == "status":
+        queued = {}
         if launcher.name == "slurm" and launchers.read_jobs(out):
             launchers.check_slurm()
-        queued = launchers.slurm_state(out) if launcher.name == "slurm" and launchers.read_jobs(out) else {}
+            queued = launchers.slurm_state(out)
         print(status_table(out, grid, queued), end="", flush=True)
         return
     if cfg.action == "score":

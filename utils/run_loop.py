@@ -15,7 +15,7 @@ from utils.device import resolve_device
 from utils.logger import Logger
 from utils.seeding import seed_everything
 from utils.settings import check_settings
-from utils.snapshot import SnapshotError, check_snapshot_owner
+from utils.snapshot import SnapshotError, check_snapshot_owner, save_snapshot
 from utils.summary import print_summary
 from utils.threads import ThreadShare
 
@@ -79,7 +79,6 @@ class RunLoop:
                 check_snapshot_owner(self.snapshot_path(count), self.run_dir, self.cfg.overwrite_snapshots)
 
     def save_snapshot_file(self, payload: dict, count: int) -> Path:
-        from utils.snapshot import save_snapshot
         path = self.snapshot_path(count)
         replacing = self.cfg.overwrite_snapshots or path.exists()
         check_snapshot_owner(path, self.run_dir, self.cfg.overwrite_snapshots)
