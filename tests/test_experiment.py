@@ -29,6 +29,11 @@ def experiment(out, *extra, **kwargs):
                           cwd=out.parent, capture_output=True, text=True, timeout=kwargs.get("timeout", 900))
 
 
+def cells_working_directories(out) -> set[str]:
+    """Where each cell's script ran, as its Hydra record says (relative paths resolve there)."""
+    return {OmegaConf.load(path).hydra.runtime.cwd for path in (out / "runs").glob("*/.hydra/hydra.yaml")}
+
+
 def compose_grid(*extra):
     from hydra import compose, initialize_config_dir
     with initialize_config_dir(config_dir=str(REPO / "configs" / "grid"), version_base=None):
@@ -84,6 +89,7 @@ def test_a_local_grid_runs_each_fine_tuning_after_its_pre_training_and_scores_ev
             assert status["started"] >= pretraining["ended"], name
     assert max(len([s for s in statuses.values() if s["started"] <= t < s["ended"]])
                for t in (s["started"] + 0.5 for s in statuses.values())) <= 2  # launcher.jobs=2
+    assert cells_working_directories(out) == {str(out.parent)}  # where experiment.py ran
     results = (out / "results.md").read_text()
     for agent in ("choreo", "lbs"):
         assert f"| {agent} | walker_stand | 2 |" in results, results

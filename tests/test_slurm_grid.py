@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO
 from slurm import in_queue, requeue, slurm_cluster, wait_until  # noqa: F401 (fixture)
-from test_experiment import TINY_GRID
+from test_experiment import TINY_GRID, cells_working_directories
 
 SLURM_GRID = [arg for arg in TINY_GRID if not arg.startswith("launcher.")] + [
     "launcher=slurm", "launcher.threads=1", "launcher.partition=debug", "experiment.pretrain.resources.mem_gb=2",
@@ -43,6 +43,9 @@ def csv_rows(path, drop=("fps", "updates_per_s", "total_time")):
 
 def test_a_slurm_grid_runs_in_order_scores_and_a_rerun_submits_nothing(slurm_cluster, tmp_path):
     out = tmp_path / "grid"
+    # A package of the user's own named like ours, in the folder they submit from, must not shadow ours.
+    (tmp_path / "utils").mkdir()
+    (tmp_path / "utils" / "__init__.py").write_text("raise ImportError('the submission folder shadows utils')\n")
     submitted = experiment(out)
     assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]
     assert "submitted 8 cell(s)" in submitted.stdout
@@ -60,6 +63,7 @@ def test_a_slurm_grid_runs_in_order_scores_and_a_rerun_submits_nothing(slurm_clu
         if name.startswith("ft_"):
             pretraining = statuses[name.replace("ft_", "pt_").replace("walker_stand", "walker")]
             assert status_of["started"] >= pretraining["ended"], name  # afterok held
+    assert cells_working_directories(out) == {str(tmp_path)}  # the submission folder, as for local cells
     results = (out / "results.md").read_text()  # written by the scoring job
     for agent in ("choreo", "lbs"):
         assert f"| {agent} | walker_stand | 2 |" in results, results

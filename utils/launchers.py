@@ -114,7 +114,7 @@ def start(grid: DictConfig, out: Path, cell: Cell, threads) -> subprocess.Popen:
         handle.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command(grid, out, cell, threads))}\n")
         # Its own session: a Ctrl-C in the terminal reaches the grid only, which passes SIGTERM on.
         return subprocess.Popen(command(grid, out, cell, threads), stdout=handle, stderr=subprocess.STDOUT,
-                                cwd=str(out), start_new_session=True)
+                                start_new_session=True)
 
 
 def last_line(out: Path, cell: Cell) -> str:
@@ -169,7 +169,6 @@ def slurm_state(out: Path) -> dict[str, str]:
 def submit_slurm(grid: DictConfig, out: Path, launcher: DictConfig, threads, score_command: list[str]) -> list[str]:
     """Submit every cell neither done nor queued, each after its own pre-training; then the scoring job
     (``score_command``). Returns the submitted cell names."""
-    import submitit
     check_slurm()
     out = Path(out)
     jobs, queue = read_jobs(out), queued_jobs()
@@ -184,7 +183,7 @@ def submit_slurm(grid: DictConfig, out: Path, launcher: DictConfig, threads, sco
             subprocess.run(["scancel", jobs[cell.name]], capture_output=True)
             queue.pop(jobs[cell.name], None)
         resources = grid[cell.stage].resources
-        executor = submitit.AutoExecutor(folder=str(out / "slurm" / "%j"), cluster="slurm")
+        executor = slurm_executor(out)
         parameters = {"requeue": True}
         if cell.needs and cell.needs in jobs and jobs[cell.needs] in queue:
             parameters["dependency"] = f"afterok:{jobs[cell.needs]}"
@@ -194,18 +193,17 @@ def submit_slurm(grid: DictConfig, out: Path, launcher: DictConfig, threads, sco
         executor.update_parameters(
             name=cell.name, timeout_min=int(resources.time_min), cpus_per_task=int(resources.cpus),
             gpus_per_node=int(resources.gpus), mem_gb=float(resources.mem_gb), slurm_partition=launcher.partition,
-            slurm_signal_delay_s=int(launcher.signal_delay_s), slurm_additional_parameters=parameters,
-            slurm_setup=job_setup())
+            slurm_signal_delay_s=int(launcher.signal_delay_s), slurm_additional_parameters=parameters)
         job = submit(executor, CellJob(command(grid, out, cell, threads), str(log_path(out, cell))))
         jobs[cell.name] = str(job.job_id)
         queue[str(job.job_id)] = "PENDING"
         submitted.append(cell.name)
         write_jobs(out, jobs)
     if submitted:
-        executor = submitit.AutoExecutor(folder=str(out / "slurm" / "%j"), cluster="slurm")
+        executor = slurm_executor(out)
         after = [jobs[name] for name in jobs if jobs[name] in queue]
         executor.update_parameters(name=f"score_{grid.name}", timeout_min=60, cpus_per_task=1, mem_gb=4,
-                                   slurm_partition=launcher.partition, slurm_setup=job_setup(),
+                                   slurm_partition=launcher.partition,
                                    slurm_additional_parameters={"dependency": "afterany:" + ":".join(after)})
         job = submit(executor, CellJob(score_command, str(out / "logs" / "score.log")))
         jobs["score"] = str(job.job_id)
@@ -213,11 +211,18 @@ def submit_slurm(grid: DictConfig, out: Path, launcher: DictConfig, threads, sco
     return submitted
 
 
-def job_setup() -> list[str]:
-    """The job script's first lines: this checkout first on the job's import path, so the job unpickles
-    the CellJob of the code that submitted it (and runs its scripts) whether or not the project is
-    installed, and not another installed copy."""
-    return [f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"]
+def slurm_executor(out: Path):
+    """A submitit executor whose jobs import this checkout first, so a job unpickles the CellJob of the
+    code that submitted it whether or not the project is installed, and not another installed copy:
+    the checkout goes first on PYTHONPATH, and ``python -P`` keeps the submission folder (the job's
+    working directory, where a ``utils/`` of the user's own would shadow ours) off the import path.
+    Cells run in the submission folder, as local cells do, so relative paths in the grid's overrides
+    mean the same under both launchers."""
+    import submitit
+    executor = submitit.AutoExecutor(folder=str(out / "slurm" / "%j"), cluster="slurm",
+                                     slurm_python=f"{shlex.quote(sys.executable)} -P")
+    executor.update_parameters(slurm_setup=[f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"])
+    return executor
 
 
 def submit(executor, job: "CellJob"):
