@@ -394,6 +394,15 @@ def test_leftovers_are_set_aside_only_without_a_checkpoint_and_only_for_a_valid_
     assert set_aside_unfinished_run(run_dir, "auto") is None and (run_dir / "train.csv").exists()
 
 
+def test_resuming_onto_a_log_without_the_x_column_is_one_line_and_leaves_the_log(tmp_path):
+    from utils.logger import Logger
+    log = tmp_path / "train.csv"
+    log.write_text("frame,loss\n100,0.5\n200,0.4\n")  # an offline run's log from when its x was the frame
+    with pytest.raises(UserError, match=r"train.csv has no 'step' column \(its columns: frame, loss\)"):
+        Logger(tmp_path, use_tb=False, resume_frame=100, x_key="step")
+    assert log.read_text() == "frame,loss\n100,0.5\n200,0.4\n"
+
+
 def test_resume_never_refuses_a_folder_with_a_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

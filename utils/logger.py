@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from utils.errors import UserError
+
 CONSOLE_FIELDS = {
     "train": [("frame", "F", "int"), ("step", "S", "int"), ("episode", "E", "int"), ("episode_length", "L", "int"),
               ("episode_reward", "R", "float"), ("fps", "FPS", "float"), ("total_time", "T", "time")],
@@ -67,6 +69,11 @@ class CSVLog:
     def truncate(self, keep) -> None:
         """Keep only the rows for which ``keep(frame)`` holds (a resumed run writes the rest again)."""
         if self.path.exists():
+            if self.columns and self.x_key not in self.columns:
+                # Rows without the x value cannot be kept or dropped by it: never mix them with new ones.
+                raise UserError(f"{self.path} has no '{self.x_key}' column (its columns: {', '.join(self.columns[:4])}"
+                                f"{', ...' if len(self.columns) > 4 else ''}): it was written by another version; "
+                                f"move it out of the run folder to continue this run")
             with self.path.open(newline="") as handle:
                 rows = [row for row in csv.DictReader(handle) if keep(float(row.get(self.x_key) or 0))]
             self._rewrite(self.columns, rows)
