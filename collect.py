@@ -35,12 +35,8 @@ def output_dir(cfg: DictConfig, method: str) -> Path:
 class SnapshotPolicy:
     """The exploration agent of a pre-training snapshot, acting every ``action_repeat`` control steps."""
 
-    def __init__(self, path: str, env, domain: str, device):
-        from utils.agents import agent_from_snapshot, read_snapshot
-        path = hydra.utils.to_absolute_path(path)
-        payload = read_snapshot(path, "a snapshot of this project")
-        if payload.get("domain") not in (None, domain):
-            raise UserError(f"snapshot {path} was pre-trained on {payload['domain']}; set domain={payload['domain']}")
+    def __init__(self, payload: dict, path: str, env, device):
+        from utils.agents import agent_from_snapshot
         self.env = env
         self.pixels = payload["obs_type"] == "pixels"
         self.action_repeat = int(payload["action_repeat"])
@@ -114,7 +110,15 @@ def collect(cfg: DictConfig) -> Path:
     task = cfg.get("task") or envs.primal_task(cfg.domain)
     if task not in envs.TASKS[cfg.domain]:
         raise UserError(f"task={task} is not a {cfg.domain} task; valid: {', '.join(envs.TASKS[cfg.domain])}")
-    method = cfg.get("collection_method") or ("choreo" if cfg.get("snapshot") else "random")
+    payload = snapshot_path = None
+    if cfg.get("snapshot"):
+        from utils.agents import read_snapshot
+        snapshot_path = hydra.utils.to_absolute_path(str(cfg.snapshot))
+        payload = read_snapshot(snapshot_path, "a snapshot of this project")
+        if payload.get("domain") not in (None, cfg.domain):
+            raise UserError(f"snapshot {snapshot_path} was pre-trained on {payload['domain']}; "
+                            f"set domain={payload['domain']}")
+    method = cfg.get("collection_method") or (payload["config"]["agent"]["name"] if payload else "random")
     buffer = output_dir(cfg, method) / "buffer"
     existing = sorted(buffer.glob("*.npz")) if buffer.is_dir() else []
     first = 0
@@ -138,8 +142,8 @@ def collect(cfg: DictConfig) -> Path:
         env = envs.make(task, "states", 1, cfg.seed + first, exorl=True)
     except ValueError as error:
         raise UserError(str(error)) from error
-    if cfg.get("snapshot"):
-        policy = SnapshotPolicy(str(cfg.snapshot), env, cfg.domain, device)
+    if payload is not None:
+        policy = SnapshotPolicy(payload, snapshot_path, env, device)
     else:
         policy = RandomPolicy(env.action_dim, [cfg.seed, first])
     transitions = 0

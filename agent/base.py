@@ -19,7 +19,7 @@ with skills derive from ``SkillAgent`` (agent/skill_agent.py), which implements 
 
 A subclass builds its parts in ``__init__`` after calling ``super().__init__`` and then calls
 ``self.ready()``; it names the parts a fine-tuning run copies from a snapshot in ``init_from_keys``.
-Agents are built by ``utils.runner.build_agent`` with Hydra's ``instantiate`` from
+Agents are built by ``utils.agents.build_agent`` with Hydra's ``instantiate`` from
 ``configs/agent/<name>.yaml``: the yaml's keys are the subclass's own arguments; the arguments below
 come from the rest of the config.
 """

@@ -1,7 +1,7 @@
 """The agent comparison at a CPU budget, now the grid ``experiment=compare_cpu`` of experiment.py (this
-file only translates its old options): choreo, lbs, plan2explore and apt pre-trained 20k frames on
-walker (states, preset=cpu, action repeat 2) and fine-tuned 30k frames on walker_stand, dreamer
-fine-tuned from scratch, 3 seeds; two runs at a time, one thread each. Rerunning continues it.
+file only translates its old options): choreo, lbs, plan2explore, apt, icm, rnd, diayn and aps
+pre-trained 20k frames on walker (states, preset=cpu, action repeat 2) and fine-tuned 30k frames on
+walker_stand, dreamer fine-tuned from scratch, 3 seeds; two runs at a time, one thread each. Rerunning continues it.
 
     python bench/compare_agents.py [--out grids/compare_cpu] [--seeds 1 2 3] [--agents choreo lbs ...]
         [--pretrain-frames 20000] [--finetune-frames 30000] [--jobs 2] [--report-only]

@@ -147,8 +147,10 @@ def test_offline_pixels_render_once_and_record_action_repeat_1(tmp_path):
     assert "rendering" not in result.stderr
 
 
-def test_collect_with_a_pretraining_snapshot(tmp_path):
-    cfg = compose_config(TINY + ["configs=dmc_states"], "pretrain")
+@pytest.mark.parametrize("agent_name", ["choreo", "lbs"])
+def test_collect_with_a_pretraining_snapshot(tmp_path, agent_name):
+    tiny = TINY if agent_name == "choreo" else [o for o in TINY if not o.startswith("agent.")]  # choreo's keys
+    cfg = compose_config(tiny + ["configs=dmc_states", f"agent={agent_name}"], "pretrain")
     agent = build_agent(cfg, (24,), 6, torch.device("cpu"))
     payload = {"agent": agent.snapshot_state(), "obs_type": "states", "domain": "walker", "task": "walker_stand",
                "action_repeat": 2, "config": OmegaConf.to_container(cfg, resolve=True)}
@@ -157,6 +159,7 @@ def test_collect_with_a_pretraining_snapshot(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     files = list((tmp_path / "data" / "buffer").glob("*.npz"))
     assert [f.name for f in files] == ["episode_000000_1000.npz"]
+    assert f"of walker_stand ({agent_name}) to" in result.stdout  # the dataset is named after the agent that acted
     actions = check_episode_file(files[0])["action"][1:]
     # Action repeat 2 of the snapshot: each decision is held for two control steps.
     np.testing.assert_array_equal(actions[0::2], actions[1::2])
