@@ -112,6 +112,38 @@ def test_rerunning_a_finished_grid_launches_nothing_and_status_lists_every_cell(
     assert lines[-1].startswith("CPU-hours spent: ")
 
 
+def test_status_estimates_each_cells_time_left_from_finished_cells_of_its_agent_and_stage(tmp_path):
+    """A hand-worked grid folder: status.json as runs write them, the running cells' locks held."""
+    from contextlib import ExitStack
+
+    from utils.grid import status_table
+    from utils.lifecycle import RunLock, RunStatus
+    out = tmp_path / "grid"
+    cells = {  # name: (state, frames done, seconds); targets 1000 (pre-training) and 1010 (fine-tuning)
+        "pt_choreo_walker_s1": ("done", 1000, 600.0), "pt_choreo_walker_s2": ("running", 250, 30.0),
+        "pt_lbs_walker_s1": ("running", 500, 100.0), "ft_choreo_walker_stand_s1": ("done", 1010, 300.0),
+        "ft_choreo_walker_stand_s2": ("running", 900, 400.0)}
+    with ExitStack() as locks:
+        for name, (state, done, seconds) in cells.items():
+            status = RunStatus(out / "runs" / name, 1000 if name.startswith("pt_") else 1010, "frames")
+            status.progress(done, seconds, force=True)
+            if state == "done":
+                status.end("done")
+            else:
+                locks.enter_context(RunLock(out / "runs" / name))
+        table = status_table(out, compose_grid().experiment)
+    rows = {line.split()[0]: line for line in table.splitlines()[1:-1]}
+    # Seed frames run fast, so a finished sibling's time beats the cell's own pace early on:
+    # 600 s - 30 s = 570 s, not 750 frames x 30/250 s = 90 s.
+    assert rows["pt_choreo_walker_s2"].endswith("frame 250/1000, ETA 0:09:30")
+    assert rows["pt_lbs_walker_s1"].endswith("frame 500/1000, ETA 0:01:40")  # no finished lbs: its own pace
+    # Slower than its sibling (400 s > 300 s): its own pace, 110 x 400/900 = 48.9 s.
+    assert rows["ft_choreo_walker_stand_s2"].endswith("frame 900/1010, ETA 0:00:48")
+    # Not started: pt_lbs_walker_s2 at the finished pre-trainings' 0.6 s/frame (600 s), each lbs
+    # fine-tuning at 300/1010 s/frame (300 s); with the running cells 570 + 100 + 48.9 + 600 + 2 x 300.
+    assert table.splitlines()[-1] == f"CPU-hours spent: {1430 / 3600:.2f}; left: {1918.9 / 3600:.2f}"
+
+
 def test_a_zero_shot_grid_scores_the_success_rates_its_runs_logged(tmp_path):
     """The zero_shot_jaco preset, tiny: each pre-training's snapshot evaluated once at the start with
     eval_goals=True; the zero-shot table is the mean over seeds of the rates in the runs' eval.csv."""

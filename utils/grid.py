@@ -154,13 +154,12 @@ def command(grid: DictConfig, out: Path, cell: Cell, threads: str | int) -> list
 # ----------------------------------------------------------------------------------- states
 def cell_state(out: Path, grid: DictConfig, cell: Cell) -> dict:
     """``state``: done, running, stopped (by a signal: continues on the next launch), failed, or
-    not started; with the progress, the seconds trained, an ETA while running, and for a failure the
-    last line of its log. ``waiting`` (for a job queued on a cluster, or for its pre-training) is the
+    not started; with the progress, the seconds trained, and for a failure the last line of its log. ``waiting`` (for a job queued on a cluster, or for its pre-training) is the
     launcher's to say."""
     folder = run_dir(out, cell)
     status = read_status(folder)
     info = {"cell": cell, "state": "not started", "done": 0, "target": target(grid, cell), "seconds": 0.0,
-            "eta_s": None, "last_line": None}
+            "last_line": None}
     if status is None:
         last = last_log_line(out, cell)
         if folder.exists() or (last or "").startswith("error:"):  # refused its settings, or died at once
@@ -173,8 +172,6 @@ def cell_state(out: Path, grid: DictConfig, cell: Cell) -> dict:
     if state == "done" and status.get("target") != info["target"]:
         state = "stopped"  # finished another budget (an earlier, smaller one): continues
     info["state"] = state
-    if state == "running" and info["done"] > 0 and info["seconds"] > 0:
-        info["eta_s"] = (info["target"] - info["done"]) * info["seconds"] / info["done"]
     if state == "failed":
         info["last_line"] = status.get("message") or last_log_line(out, cell)
     return info
@@ -207,15 +204,32 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def seconds_left(info: dict, sibling_seconds: list[float] | None, stage_rates: list[float] | None) -> float | None:
+    """The seconds a cell still needs. Its own pace so far (seconds per frame) misleads early: a stage
+    starts with seed frames (acting without updates) that run several times faster than the rest.
+    So where cells of the same agent and stage have finished, their mean time less the seconds this
+    one has run, unless its own pace says longer; else its own pace; else the stage's per frame."""
+    frames_left = info["target"] - info["done"]
+    own = frames_left * info["seconds"] / info["done"] if info["done"] > 0 and info["seconds"] > 0 else None
+    if sibling_seconds:
+        return max(sum(sibling_seconds) / len(sibling_seconds) - info["seconds"], own or 0.0)
+    if own is not None:
+        return own
+    return frames_left * sum(stage_rates) / len(stage_rates) if stage_rates else None
+
+
 def status_table(out: Path, grid: DictConfig, queued: dict[str, str] | None = None) -> str:
     """The grid at a glance: one line per cell, then the compute spent and (estimated) left.
     ``queued``: cell name -> state the scheduler reports for cells not running yet (``waiting``)."""
     queued = queued or {}
     infos = [cell_state(out, grid, cell) for cell in cells(grid)]
+    finished = [info for info in infos if info["state"] == "done" and info["seconds"] > 0]
     per_frame: dict[str, list[float]] = {}
-    for info in infos:
-        if info["done"] > 0 and info["seconds"] > 0:
-            per_frame.setdefault(info["cell"].stage, []).append(info["seconds"] / info["done"])
+    for info in finished or [info for info in infos if info["done"] > 0 and info["seconds"] > 0]:
+        per_frame.setdefault(info["cell"].stage, []).append(info["seconds"] / info["done"])
+    sibling_seconds: dict[tuple[str, str], list[float]] = {}
+    for info in finished:
+        sibling_seconds.setdefault((info["cell"].agent, info["cell"].stage), []).append(info["seconds"])
     gpu = any(int(grid[stage].resources.gpus) > 0 for stage in STAGES)
     what = "GPU-hours" if gpu else "CPU-hours"
     rows, counts, spent, left, unknown = [], {}, 0.0, 0.0, False
@@ -228,13 +242,14 @@ def status_table(out: Path, grid: DictConfig, queued: dict[str, str] | None = No
         resources = grid[cell.stage].resources
         units = int(resources.gpus) if gpu else int(resources.cpus)
         spent += info["seconds"] * units / 3600
+        remaining = None
         if state != "done":
-            rates = per_frame.get(cell.stage)
-            if rates:
-                left += (info["target"] - info["done"]) * sum(rates) / len(rates) * units / 3600
-            else:
+            remaining = seconds_left(info, sibling_seconds.get((cell.agent, cell.stage)), per_frame.get(cell.stage))
+            if remaining is None:
                 unknown = True
-        detail = {"running": f"frame {info['done']}/{info['target']}, ETA {format_duration(info['eta_s'])}",
+            else:
+                left += remaining * units / 3600
+        detail = {"running": f"frame {info['done']}/{info['target']}, ETA {format_duration(remaining)}",
                   "failed": info["last_line"] or "no log",
                   "stopped": f"at frame {info['done']}/{info['target']}: continues on the next launch",
                   "done": f"{info['target']} frames in {format_duration(info['seconds'])}"}.get(state, "")
