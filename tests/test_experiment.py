@@ -114,24 +114,10 @@ def test_rerunning_a_finished_grid_launches_nothing_and_status_lists_every_cell(
 
 def test_status_estimates_each_cells_time_left_from_finished_cells_of_its_agent_and_stage(tmp_path):
     """A hand-worked grid folder: status.json as runs write them, the running cells' locks held."""
-    from contextlib import ExitStack
-
-    from utils.grid import status_table
-    from utils.lifecycle import RunLock, RunStatus
-    out = tmp_path / "grid"
-    cells = {  # name: (state, frames done, seconds); targets 1000 (pre-training) and 1010 (fine-tuning)
+    table = grid_status(tmp_path / "grid", {  # name: (state, frames done, seconds)
         "pt_choreo_walker_s1": ("done", 1000, 600.0), "pt_choreo_walker_s2": ("running", 250, 30.0),
         "pt_lbs_walker_s1": ("running", 500, 100.0), "ft_choreo_walker_stand_s1": ("done", 1010, 300.0),
-        "ft_choreo_walker_stand_s2": ("running", 900, 400.0)}
-    with ExitStack() as locks:
-        for name, (state, done, seconds) in cells.items():
-            status = RunStatus(out / "runs" / name, 1000 if name.startswith("pt_") else 1010, "frames")
-            status.progress(done, seconds, force=True)
-            if state == "done":
-                status.end("done")
-            else:
-                locks.enter_context(RunLock(out / "runs" / name))
-        table = status_table(out, compose_grid().experiment)
+        "ft_choreo_walker_stand_s2": ("running", 900, 400.0)})
     rows = {line.split()[0]: line for line in table.splitlines()[1:-1]}
     # Seed frames run fast, so a finished sibling's time beats the cell's own pace early on:
     # 600 s - 30 s = 570 s, not 750 frames x 30/250 s = 90 s.
@@ -142,6 +128,30 @@ def test_status_estimates_each_cells_time_left_from_finished_cells_of_its_agent_
     # Not started: pt_lbs_walker_s2 at the finished pre-trainings' 0.6 s/frame (600 s), each lbs
     # fine-tuning at 300/1010 s/frame (300 s); with the running cells 570 + 100 + 48.9 + 600 + 2 x 300.
     assert table.splitlines()[-1] == f"CPU-hours spent: {1430 / 3600:.2f}; left: {1918.9 / 3600:.2f}"
+
+    # No fine-tuning finished yet: the running one's pace (200 s for 505 of 1010 frames) sizes the
+    # others, 400 s each; pt_choreo_walker_s2 takes its sibling's 600 s, lbs pre-trainings 0.6 s/frame.
+    table = grid_status(tmp_path / "early", {"pt_choreo_walker_s1": ("done", 1000, 600.0),
+                                             "ft_choreo_walker_stand_s1": ("running", 505, 200.0)})
+    assert table.splitlines()[-1] == f"CPU-hours spent: {800 / 3600:.2f}; left: {(200 + 3 * 600 + 3 * 400) / 3600:.2f}"
+
+
+def grid_status(out, cells: dict[str, tuple[str, int, float]]) -> str:
+    """The tiny grid's status table over run folders whose status.json says ``cells`` (state, frames
+    done, seconds; targets 1000 for a pre-training, 1010 for a fine-tuning), running ones locked."""
+    from contextlib import ExitStack
+
+    from utils.grid import status_table
+    from utils.lifecycle import RunLock, RunStatus
+    with ExitStack() as locks:
+        for name, (state, done, seconds) in cells.items():
+            status = RunStatus(out / "runs" / name, 1000 if name.startswith("pt_") else 1010, "frames")
+            status.progress(done, seconds, force=True)
+            if state == "done":
+                status.end("done")
+            else:
+                locks.enter_context(RunLock(out / "runs" / name))
+        return status_table(out, compose_grid().experiment)
 
 
 def test_a_zero_shot_grid_scores_the_success_rates_its_runs_logged(tmp_path):

@@ -401,6 +401,12 @@ def test_resuming_onto_a_log_without_the_x_column_is_one_line_and_leaves_the_log
     with pytest.raises(UserError, match=r"train.csv has no 'step' column \(its columns: frame, loss\)"):
         Logger(tmp_path, use_tb=False, resume_frame=100, x_key="step")
     assert log.read_text() == "frame,loss\n100,0.5\n200,0.4\n"
+    # Only eval.csv lacks it: train.csv, which the resume would cut at the checkpoint, is left whole too.
+    log.write_text("step,loss\n100,0.5\n200,0.4\n")
+    (tmp_path / "eval.csv").write_text("frame,loss\n100,0.5\n")
+    with pytest.raises(UserError, match=r"eval.csv has no 'step' column"):
+        Logger(tmp_path, use_tb=False, resume_frame=100, x_key="step")
+    assert log.read_text() == "step,loss\n100,0.5\n200,0.4\n"
 
 
 def test_resume_never_refuses_a_folder_with_a_checkpoint(tmp_path):

@@ -204,12 +204,17 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def sibling_key(cell: Cell) -> tuple[str, str, str]:
+    return cell.agent, cell.stage, cell.domain
+
+
 def seconds_left(info: dict, sibling_seconds: list[float] | None, stage_rates: list[float] | None) -> float | None:
     """The seconds a cell still needs. Its own pace so far (seconds per frame) misleads early: a stage
     starts with seed frames (acting without updates) that run several times faster than the rest.
-    So where cells of the same agent and stage have finished, their mean time less the seconds this
-    one has run, unless its own pace says longer; else its own pace; else the stage's per frame."""
-    frames_left = info["target"] - info["done"]
+    So where cells of the same agent, stage and domain have finished, their mean time less the
+    seconds this one has run, unless its own pace says longer; else its own pace; else the stage's
+    seconds per frame (``stage_rates``)."""
+    frames_left = max(0, info["target"] - info["done"])  # a stopped cell of a larger, earlier budget
     own = frames_left * info["seconds"] / info["done"] if info["done"] > 0 and info["seconds"] > 0 else None
     if sibling_seconds:
         return max(sum(sibling_seconds) / len(sibling_seconds) - info["seconds"], own or 0.0)
@@ -224,12 +229,15 @@ def status_table(out: Path, grid: DictConfig, queued: dict[str, str] | None = No
     queued = queued or {}
     infos = [cell_state(out, grid, cell) for cell in cells(grid)]
     finished = [info for info in infos if info["state"] == "done" and info["seconds"] > 0]
-    per_frame: dict[str, list[float]] = {}
-    for info in finished or [info for info in infos if info["done"] > 0 and info["seconds"] > 0]:
-        per_frame.setdefault(info["cell"].stage, []).append(info["seconds"] / info["done"])
-    sibling_seconds: dict[tuple[str, str], list[float]] = {}
+    progressed = [info for info in infos if info["done"] > 0 and info["seconds"] > 0]
+    sibling_seconds: dict[tuple[str, str, str], list[float]] = {}
     for info in finished:
-        sibling_seconds.setdefault((info["cell"].agent, info["cell"].stage), []).append(info["seconds"])
+        sibling_seconds.setdefault(sibling_key(info["cell"]), []).append(info["seconds"])
+    per_frame: dict[str, list[float]] = {}
+    for stage in STAGES:  # a stage's finished cells; while none has finished, those that have progressed
+        pool = [i for i in finished if i["cell"].stage == stage] or [i for i in progressed if i["cell"].stage == stage]
+        if pool:
+            per_frame[stage] = [info["seconds"] / info["done"] for info in pool]
     gpu = any(int(grid[stage].resources.gpus) > 0 for stage in STAGES)
     what = "GPU-hours" if gpu else "CPU-hours"
     rows, counts, spent, left, unknown = [], {}, 0.0, 0.0, False
@@ -244,7 +252,7 @@ def status_table(out: Path, grid: DictConfig, queued: dict[str, str] | None = No
         spent += info["seconds"] * units / 3600
         remaining = None
         if state != "done":
-            remaining = seconds_left(info, sibling_seconds.get((cell.agent, cell.stage)), per_frame.get(cell.stage))
+            remaining = seconds_left(info, sibling_seconds.get(sibling_key(cell)), per_frame.get(cell.stage))
             if remaining is None:
                 unknown = True
             else:

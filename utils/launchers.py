@@ -214,13 +214,15 @@ def submit_slurm(grid: DictConfig, out: Path, launcher: DictConfig, threads, sco
 def slurm_executor(out: Path):
     """A submitit executor whose jobs import this checkout first, so a job unpickles the CellJob of the
     code that submitted it whether or not the project is installed, and not another installed copy:
-    the checkout goes first on PYTHONPATH, and ``python -P`` keeps the submission folder (the job's
-    working directory, where a ``utils/`` of the user's own would shadow ours) off the import path.
+    the checkout goes first on PYTHONPATH, and ``python -P`` (Python 3.11+) keeps the submission
+    folder (the job's working directory, where a ``utils/`` of the user's own would shadow ours) off
+    the import path.
     Cells run in the submission folder, as local cells do, so relative paths in the grid's overrides
     mean the same under both launchers."""
     import submitit
+    no_cwd_on_path = " -P" if sys.version_info >= (3, 11) else ""  # -P is new in Python 3.11
     executor = submitit.AutoExecutor(folder=str(out / "slurm" / "%j"), cluster="slurm",
-                                     slurm_python=f"{shlex.quote(sys.executable)} -P")
+                                     slurm_python=shlex.quote(sys.executable) + no_cwd_on_path)
     executor.update_parameters(slurm_setup=[f"export PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"])
     return executor
 

@@ -66,14 +66,17 @@ class CSVLog:
         with self.path.open("a", newline="") as handle:
             csv.DictWriter(handle, fieldnames=self.columns, restval="").writerow(row)
 
+    def require_x_column(self) -> None:
+        """Rows without the x value cannot be kept or dropped by it: never mix them with new ones."""
+        if self.columns and self.x_key not in self.columns:
+            raise UserError(f"{self.path} has no '{self.x_key}' column (its columns: {', '.join(self.columns[:4])}"
+                            f"{', ...' if len(self.columns) > 4 else ''}): it was written by another version; "
+                            f"move it out of the run folder to continue this run")
+
     def truncate(self, keep) -> None:
         """Keep only the rows for which ``keep(frame)`` holds (a resumed run writes the rest again)."""
+        self.require_x_column()
         if self.path.exists():
-            if self.columns and self.x_key not in self.columns:
-                # Rows without the x value cannot be kept or dropped by it: never mix them with new ones.
-                raise UserError(f"{self.path} has no '{self.x_key}' column (its columns: {', '.join(self.columns[:4])}"
-                                f"{', ...' if len(self.columns) > 4 else ''}): it was written by another version; "
-                                f"move it out of the run folder to continue this run")
             with self.path.open(newline="") as handle:
                 rows = [row for row in csv.DictReader(handle) if keep(float(row.get(self.x_key) or 0))]
             self._rewrite(self.columns, rows)
@@ -112,6 +115,8 @@ class Logger:
         self.meters: dict[str, dict[str, list]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.csv = {ty: CSVLog(self.run_dir / f"{ty}.csv", x_key) for ty in ("train", "eval")}
         if resume_frame is not None:
+            for log in self.csv.values():  # both before either is rewritten
+                log.require_x_column()
             self.csv["train"].truncate(lambda frame: frame <= resume_frame)
             self.csv["eval"].truncate(lambda frame: frame < resume_frame)
         self.tb = None
