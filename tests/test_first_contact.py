@@ -143,14 +143,39 @@ def test_runs_on_one_machine_find_each_other(tmp_path):
         assert not (folder / str(finished.pid)).exists()
         assert not (folder / str(os.getpid())).exists()
         share.register()                      # training: now the others count this process
-        assert (folder / str(os.getpid())).exists() and live_runs(folder) == 2 and share.runs == 2
+        assert (folder / str(os.getpid())).exists() and len(live_runs(folder)) == 2 and share.runs == 2
         other.kill()
         other.wait()
         assert share.rebalance() == usable_cores()  # alone again: the whole machine
         share.close()
-        assert live_runs(folder) == 0
+        assert live_runs(folder) == {}
     finally:
         other.kill()
+
+
+def test_auto_runs_leave_runs_with_fixed_threads_their_threads(tmp_path):
+    """A grid's cells run with threads=1: a threads=auto run beside them takes only what is left."""
+    folder = tmp_path / "registry"
+    cells = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(2)]
+    try:
+        fixed = ThreadShare(threads=1, folder=folder)
+        fixed.register()  # a cell registers its pid, holding its thread count
+        assert (folder / str(os.getpid())).read_text() == "1"
+        fixed.close()
+        folder.mkdir(exist_ok=True)
+        for cell in cells:
+            (folder / str(cell.pid)).write_text("1")
+        assert live_runs(folder) == {cells[0].pid: 1, cells[1].pid: 1}
+        share = ThreadShare(folder=folder)
+        cores = usable_cores()
+        assert share.count == max(1, cores - 2) and share.runs == 3  # 2 cores: 1 thread, not 2
+        assert "2 thread(s) set by the others" in share.describe()
+        cells[0].kill()
+        cells[0].wait()
+        assert share.rebalance() == max(1, cores - 1)
+    finally:
+        for cell in cells:
+            cell.kill()
 
 
 @pytest.mark.parametrize("key, value", [("threads", 0), ("threads", "many"), ("concurrent_runs", -1)])
