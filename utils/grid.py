@@ -154,8 +154,8 @@ def command(grid: DictConfig, out: Path, cell: Cell, threads: str | int) -> list
 # ----------------------------------------------------------------------------------- states
 def cell_state(out: Path, grid: DictConfig, cell: Cell) -> dict:
     """``state``: done, running, stopped (by a signal: continues on the next launch), failed, or
-    not started; with the progress, the seconds trained, and for a failure the last line of its log. ``waiting`` (for a job queued on a cluster, or for its pre-training) is the
-    launcher's to say."""
+    not started; with the progress, the seconds trained, and for a failure the last line of its log.
+    ``waiting`` (for a job queued on a cluster, or for its pre-training) is the launcher's to say."""
     folder = run_dir(out, cell)
     status = read_status(folder)
     info = {"cell": cell, "state": "not started", "done": 0, "target": target(grid, cell), "seconds": 0.0,
